@@ -1,0 +1,1 @@
+"""absl command-line apps: convert, train, evaluate, export, extract."""

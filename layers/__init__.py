@@ -1,0 +1,1 @@
+"""The four public WSOL layers: ADL, RFGA, PatchADL, RecurrentAttentionHead."""

@@ -1,0 +1,1 @@
+"""TFRecord schema, writer/reader, and one converter per dataset source."""
