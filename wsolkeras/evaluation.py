@@ -1,0 +1,346 @@
+"""Evaluate a WSOL model over a dataset split with the protocol's metrics.
+
+For each batch of a ``wsolkeras.data`` split: logits -> top-1 classification;
+the extractor's map for the ground-truth class (the protocol's GT-known
+setting; for a correctly classified image it is also the predicted class's
+map) -> :func:`wsolkeras.metrics.cam_to_scoremap` at the evaluation size ->
+the evaluators:
+
+- ``max_box_acc_v2``: ``BoxEvaluator`` at IoU 30/50/70, every contour
+  (MaxBoxAccV2, the protocol's headline number);
+- ``max_box_acc``: ``BoxEvaluator`` at IoU 50..90, the largest contour
+  (MaxBoxAcc v1, RFGA's table, with mIoU);
+- ``top1_loc``: the largest-contour evaluator at IoU 50 fed only the
+  correctly classified images, so Top-1 Loc = correct class AND IoU >= 0.5;
+- ``pxap`` with ``MaskEvaluator`` where the split has masks;
+- optionally the centre baseline: the same evaluators on a centred isotropic
+  Gaussian score map (the protocol's "center-gaussian" baseline; sweeping tau
+  sweeps the size of a centred box).
+
+The threshold tau is chosen on one split (:func:`choose_tau`: the best tau of
+MaxBoxAcc at IoU 50, the GT-known Loc threshold) and applied to another with
+:meth:`SplitEvaluation.at_tau` (Top-1 Loc and GT-known Loc).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+V2_IOUS = (30, 50, 70)
+TABLE_IOUS = (50, 60, 70, 80, 90)
+LOC_IOU = 50
+
+
+@dataclasses.dataclass
+class SplitEvaluation:
+    """What one split's evaluation found.
+
+    ``metrics`` is JSON-ready (percent, floats); ``curves`` holds BoxAcc per
+    tau for each evaluator (``{name: {iou: array}}``), at ``taus``.
+    ``examples`` holds the first few images for summaries.
+    """
+
+    split: str
+    num_images: int
+    metrics: dict
+    taus: np.ndarray
+    curves: dict[str, dict[int, np.ndarray]]
+    examples: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    baseline: dict | None = None
+
+    def at_tau(self, tau: float) -> dict:
+        """GT-known Loc and Top-1 Loc (percent, IoU >= 0.5) at ``tau`` chosen elsewhere."""
+        index = tau_index(self.taus, tau)
+        return {
+            "tau": float(tau),
+            "gt_known_loc": float(self.curves["max_box_acc"][LOC_IOU][index]),
+            "top1_loc": float(self.curves["top1_loc"][LOC_IOU][index]),
+            "max_box_acc_v2_at_tau": float(
+                np.mean([self.curves["max_box_acc_v2"][iou][index] for iou in V2_IOUS])
+            ),
+        }
+
+
+def tau_index(taus: np.ndarray, tau: float) -> int:
+    """Index of ``tau`` in the threshold list (the nearest one)."""
+    return int(np.argmin(np.abs(np.asarray(taus) - tau)))
+
+
+def choose_tau(evaluation: SplitEvaluation) -> float:
+    """The tau of the largest-contour MaxBoxAcc at IoU 50 (the GT-known Loc threshold)."""
+    return float(evaluation.metrics["max_box_acc"]["best_tau"][str(LOC_IOU)])
+
+
+def centre_gaussian_scoremaps(batch: int, size: int) -> np.ndarray:
+    """``[batch, size, size]`` centred isotropic Gaussians, sigma = size / 4, in [0, 1].
+
+    Thresholding at tau gives the disc of radius ``sigma * sqrt(-2 ln tau)``:
+    a centred square box from 0.14 to 3 sigma, i.e. up to the whole image.
+    """
+    centre = (size - 1) / 2.0
+    axis = np.arange(size, dtype=np.float64) - centre
+    sigma = size / 4.0
+    gaussian = np.exp(-(axis[:, None] ** 2 + axis[None, :] ** 2) / (2.0 * sigma**2))
+    gaussian = (gaussian - gaussian.min()) / (gaussian.max() - gaussian.min())
+    return np.broadcast_to(gaussian, (batch, size, size))
+
+
+def box_acc_curves(evaluator) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """``(taus, {iou: BoxAcc percent per tau})`` of an evaluator that has seen images."""
+    taus, curves = evaluator.box_acc_curves()
+    return np.asarray(taus, np.float64), {
+        int(k): np.asarray(v, np.float64) for k, v in curves.items()
+    }
+
+
+class _Evaluators:
+    """The evaluators of one kind of score map (the model's, or the baseline's)."""
+
+    def __init__(self, interval: float, with_masks: bool):
+        from wsolkeras import metrics
+
+        self.v2 = metrics.BoxEvaluator(
+            iou_thresholds=V2_IOUS, cam_curve_interval=interval, multi_contour=True
+        )
+        self.table = metrics.BoxEvaluator(
+            iou_thresholds=TABLE_IOUS, cam_curve_interval=interval, multi_contour=False
+        )
+        self.top1 = metrics.BoxEvaluator(
+            iou_thresholds=(LOC_IOU,), cam_curve_interval=interval, multi_contour=False
+        )
+        self.masks = metrics.MaskEvaluator(cam_curve_interval=interval) if with_masks else None
+        self.num_images = 0
+        self.num_correct = 0
+
+    def update(self, scoremaps, gt_boxes, correct, masks=None, ignore=None):
+        self.v2.update(scoremaps, gt_boxes)
+        self.table.update(scoremaps, gt_boxes)
+        keep = np.flatnonzero(correct)
+        if keep.size:
+            self.top1.update(scoremaps[keep], [gt_boxes[i] for i in keep])
+        if self.masks is not None and masks is not None:
+            self.masks.update(scoremaps, masks, ignore)
+        self.num_images += len(gt_boxes)
+        self.num_correct += int(keep.size)
+
+    def result(self) -> tuple[dict, np.ndarray, dict]:
+        v2 = self.v2.result()
+        table = self.table.result()
+        taus, v2_curves = box_acc_curves(self.v2)
+        _, table_curves = box_acc_curves(self.table)
+        if self.num_correct:
+            _, top1 = box_acc_curves(self.top1)
+            # The evaluator saw only correct images: rescale to all images.
+            top1 = {k: v * self.num_correct / self.num_images for k, v in top1.items()}
+        else:
+            top1 = {LOC_IOU: np.zeros_like(taus)}
+        found = {
+            "max_box_acc_v2": _jsonable(v2),
+            "max_box_acc": _jsonable(table),
+            "top1_loc_max": float(np.max(top1[LOC_IOU])),
+        }
+        if self.masks is not None:
+            found["pxap"] = float(self.masks.result()["pxap"])
+        curves = {"max_box_acc_v2": v2_curves, "max_box_acc": table_curves, "top1_loc": top1}
+        return found, taus, curves
+
+
+def _jsonable(result: dict) -> dict:
+    out = {}
+    for key, value in result.items():
+        if isinstance(value, dict):
+            out[key] = {str(k): float(v) for k, v in value.items()}
+        else:
+            out[key] = float(value)
+    return out
+
+
+def evaluate(
+    model: Callable,
+    dataset: Iterable[dict],
+    *,
+    extractor: Callable,
+    eval_size: int,
+    split: str = "val",
+    cam_curve_interval: float = 0.01,
+    centre_baseline: bool = False,
+    num_examples: int = 0,
+    max_batches: int | None = None,
+) -> SplitEvaluation:
+    """Evaluates ``model`` over ``dataset`` (``wsolkeras.data`` batches, not shuffled).
+
+    Args:
+        model: returns logits ``[B, C]`` for normalised images.
+        dataset: dicts with ``image``, ``label``, ``boxes``, ``num_boxes`` (and
+            ``mask`` / ``ignore_mask`` where the split has them).
+        extractor: ``extractor(images, classes)`` -> raw maps ``[B, h, w]``
+            (a ``wsolkeras.extractors`` extractor).
+        eval_size: the evaluation size S (the images' size).
+        split: its name, for messages and the result.
+        cam_curve_interval: the threshold step (0.01: 100 thresholds).
+        centre_baseline: also evaluate the centre Gaussian baseline.
+        num_examples: keep this many first images (image, score map, boxes).
+        max_batches: stop after this many batches (None: the whole split).
+    """
+    from tfrecords import schema
+    from wsolkeras import metrics
+
+    model_ev = baseline_ev = None
+    top1_correct = 0
+    total = 0
+    skipped = 0
+    examples: dict[str, list] = {"image": [], "scoremap": [], "gt_boxes": [], "label": []}
+    for index, batch in enumerate(dataset):
+        if max_batches is not None and index >= max_batches:
+            break
+        images = batch["image"]
+        labels = np.asarray(batch["label"]).astype(np.int64)
+        logits = np.asarray(tf.cast(model(images, training=False), tf.float32))
+        predicted = logits.argmax(axis=-1)
+        correct = predicted == labels
+        top1_correct += int(correct.sum())
+        total += len(labels)
+
+        num_boxes = np.asarray(batch["num_boxes"])
+        has_box = num_boxes > 0
+        skipped += int((~has_box).sum())
+        if not has_box.any():
+            continue
+        keep = np.flatnonzero(has_box)
+        raw = np.asarray(extractor(images, tf.constant(labels, tf.int32)), np.float64)
+        scoremaps = metrics.cam_to_scoremap(raw[keep], eval_size)
+        gt_boxes = schema.boxes_to_pixels(
+            np.asarray(batch["boxes"])[keep], num_boxes[keep], eval_size
+        )
+        masks = np.asarray(batch["mask"])[keep] if "mask" in batch else None
+        ignore = np.asarray(batch["ignore_mask"])[keep] if "ignore_mask" in batch else None
+        if model_ev is None:
+            model_ev = _Evaluators(cam_curve_interval, masks is not None)
+            if centre_baseline:
+                baseline_ev = _Evaluators(cam_curve_interval, masks is not None)
+        model_ev.update(scoremaps, gt_boxes, correct[keep], masks, ignore)
+        if baseline_ev is not None:
+            centre = centre_gaussian_scoremaps(len(keep), eval_size)
+            baseline_ev.update(centre, gt_boxes, correct[keep], masks, ignore)
+        room = num_examples - len(examples["image"])
+        if room > 0:
+            examples["image"].extend(np.asarray(images)[keep][:room])
+            examples["scoremap"].extend(scoremaps[:room])
+            examples["gt_boxes"].extend(gt_boxes[:room])
+            examples["label"].extend(labels[keep][:room])
+
+    if model_ev is None:
+        raise ValueError(
+            f"the {split} split has no image with a ground-truth box: localization cannot be "
+            "evaluated on it (choose another split with --tau_split)"
+        )
+    if skipped:
+        log.warning(
+            "%s: %d images without a box left out of the localization metrics", split, skipped
+        )
+    found, taus, curves = model_ev.result()
+    found["top1"] = 100.0 * top1_correct / max(total, 1)
+    found["num_images"] = total
+    found["num_localization_images"] = model_ev.num_images
+    baseline = None
+    if baseline_ev is not None:
+        baseline_metrics, _, baseline_curves = baseline_ev.result()
+        baseline_metrics.pop("top1_loc_max", None)
+        baseline = {"metrics": baseline_metrics, "curves": baseline_curves}
+    return SplitEvaluation(
+        split=split,
+        num_images=total,
+        metrics=found,
+        taus=taus,
+        curves=curves,
+        examples={
+            "image": np.asarray(examples["image"]),
+            "scoremap": np.asarray(examples["scoremap"]),
+            "gt_boxes": examples["gt_boxes"],
+            "label": np.asarray(examples["label"]),
+        },
+        baseline=baseline,
+    )
+
+
+def headline(evaluation: SplitEvaluation) -> dict:
+    """The few numbers a log line or a table row needs (percent)."""
+    m = evaluation.metrics
+    out = {
+        "top1": m["top1"],
+        "max_box_acc_v2": m["max_box_acc_v2"]["mean"],
+        "max_box_acc@50": m["max_box_acc"]["max_box_acc"][str(LOC_IOU)],
+        "max_box_acc_mean_50_90": m["max_box_acc"]["mean"],
+        "miou": m["max_box_acc"]["miou"],
+    }
+    if "pxap" in m:
+        out["pxap"] = m["pxap"]
+    return {
+        k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in out.items()
+    }
+
+
+def report(
+    evaluations: dict[str, SplitEvaluation],
+    *,
+    tau: float,
+    tau_split: str,
+    step: int,
+    config: dict | None = None,
+) -> dict:
+    """The JSON ``metrics.json`` holds: every split's metrics, the chosen tau, the centre baseline.
+
+    ``summary`` holds the headline figures of the report split (the test
+    split when there is one besides ``tau_split``): its MaxBoxAccV2, the
+    centre baseline's on the same split with the same evaluator, the margin,
+    and Top-1 Loc / GT-known Loc at the tau chosen on ``tau_split``.
+    """
+    splits = {}
+    for name, found in evaluations.items():
+        entry = dict(found.metrics)
+        entry["at_tau"] = found.at_tau(tau)
+        if found.baseline is not None:
+            entry["centre_baseline"] = dict(found.baseline["metrics"])
+        splits[name] = entry
+    report_split = next((s for s in evaluations if s != tau_split), tau_split)
+    chosen = splits[report_split]
+    summary = {
+        "split": report_split,
+        "top1_cls": chosen["top1"],
+        "max_box_acc_v2": chosen["max_box_acc_v2"]["mean"],
+        "max_box_acc_mean_50_90": chosen["max_box_acc"]["mean"],
+        "miou": chosen["max_box_acc"]["miou"],
+        "gt_known_loc": chosen["at_tau"]["gt_known_loc"],
+        "top1_loc": chosen["at_tau"]["top1_loc"],
+    }
+    if "pxap" in chosen:
+        summary["pxap"] = chosen["pxap"]
+    if "centre_baseline" in chosen:
+        centre = chosen["centre_baseline"]["max_box_acc_v2"]["mean"]
+        summary["centre_baseline_max_box_acc_v2"] = centre
+        summary["margin_over_centre_baseline"] = summary["max_box_acc_v2"] - centre
+    return {
+        "step": int(step),
+        "tau": float(tau),
+        "tau_split": tau_split,
+        "tau_rule": (
+            f"the threshold of the best MaxBoxAcc (largest contour) at IoU {LOC_IOU / 100} "
+            f"on the {tau_split!r} split"
+        ),
+        "report_split": report_split,
+        "summary": summary,
+        "splits": splits,
+        "config": {
+            k: config[k]
+            for k in ("backbone", "method", "extractor", "dataset", "image_size", "epochs")
+            if config and k in config
+        },
+    }
