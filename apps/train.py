@@ -48,7 +48,7 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_integer("synthetic_num_classes", 10, "Synthetic set: number of classes.")
 flags.DEFINE_integer("synthetic_image_size", 96, "Synthetic set: image size in pixels.")
-flags.DEFINE_integer("synthetic_train_size", 1500, "Synthetic set: training images.")
+flags.DEFINE_integer("synthetic_train_size", 2000, "Synthetic set: training images.")
 flags.DEFINE_integer("synthetic_val_size", 200, "Synthetic set: validation images.")
 flags.DEFINE_integer("synthetic_test_size", 300, "Synthetic set: test images.")
 flags.DEFINE_string("train_split", "train", "Split to train on.")
@@ -71,7 +71,7 @@ flags.DEFINE_enum(
 
 # Model.
 flags.DEFINE_string("backbone", "small_cnn", "A backbone name, a keras-hub preset or a preset dir.")
-flags.DEFINE_enum("method", "adl", models.METHODS, "The WSOL method.")
+flags.DEFINE_enum("method", "rfga", models.METHODS, "The WSOL method.")
 flags.DEFINE_string(
     "weights", "none", "none | imagenet | a keras-hub preset name | a local preset directory."
 )
@@ -89,15 +89,18 @@ flags.DEFINE_enum(
 flags.DEFINE_integer("recurrent_timesteps", 4, "recurrent: LSTM time steps.")
 flags.DEFINE_integer("recurrent_units", 512, "recurrent: LSTM units.")
 flags.DEFINE_integer("seed", 0, "Random seed (model initialisation, data order).")
+flags.DEFINE_string(
+    "init_from", "", "Start from this run's model (a --model_dir, .keras or .weights.h5 file)."
+)
 
 # Training.
-flags.DEFINE_integer("epochs", 12, "Training epochs.")
+flags.DEFINE_integer("epochs", 30, "Training epochs.")
 flags.DEFINE_integer("steps_per_epoch", 0, "Steps per epoch; 0: one pass over the training split.")
 flags.DEFINE_enum("optimizer", "sgd", training.OPTIMIZERS, "Optimizer.")
 flags.DEFINE_float("lr", 0.05, "Initial learning rate.")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
 flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (0: off).")
-flags.DEFINE_integer("lr_decay_epochs", 8, "Multiply the lr by --lr_decay_factor every N epochs.")
+flags.DEFINE_integer("lr_decay_epochs", 20, "Multiply the lr by --lr_decay_factor every N epochs.")
 flags.DEFINE_float("lr_decay_factor", 0.1, "Step-decay factor.")
 flags.DEFINE_enum("strategy", "auto", training.STRATEGIES, "tf.distribute strategy.")
 flags.DEFINE_bool("mixed_precision", False, "mixed_float16 on GPUs, mixed_bfloat16 elsewhere.")
@@ -113,7 +116,7 @@ flags.DEFINE_enum("verbose", "1", ["0", "1", "2"], "Keras fit verbosity (1: prog
 
 # Evaluation and export.
 flags.DEFINE_integer(
-    "eval_every", 4, "Evaluate on --tau_split every N epochs (0: at the end only)."
+    "eval_every", 10, "Evaluate on --tau_split every N epochs (0: at the end only)."
 )
 flags.DEFINE_enum(
     "extractor", "auto", ["auto", *training.EXTRACTORS], "Map extractor; auto: the method's."
@@ -131,7 +134,11 @@ APP_FLAGS = sorted(set(FLAGS) - _ABSL_FLAGS)
 
 
 def _backbone_is_valid(name: str) -> bool:
-    return training.backbone_is_known(name, models.BACKBONES)
+    try:
+        models.check_backbone(name)
+    except ValueError:
+        return False
+    return True
 
 
 flags.register_validator(
@@ -154,7 +161,7 @@ def main(argv):
     try:
         training.check_config(config)
     except ValueError as error:
-        raise app.UsageError(str(error)) from None
+        raise SystemExit(f"apps.train: error: {error}") from None
     model_dir = FLAGS.model_dir
     os.makedirs(model_dir, exist_ok=True)
     training.log_to_file(os.path.join(model_dir, "train.log"))
@@ -164,22 +171,12 @@ def main(argv):
     try:
         strategy = training.make_strategy(FLAGS.strategy)
     except ValueError as error:
-        raise app.UsageError(str(error)) from None
+        raise SystemExit(f"apps.train: error: {error}") from None
     chief = training.is_chief(strategy)
-    if (
-        FLAGS.jit_compile
-        and training.uses_cpu_devices(strategy)
-        and strategy.num_replicas_in_sync > 1
-    ):
-        raise app.UsageError(
-            "--jit_compile does not work with a strategy over CPU devices (an XLA limitation); "
-            "drop --jit_compile or use GPUs"
-        )
-    if FLAGS.batch_size % strategy.num_replicas_in_sync:
-        raise app.UsageError(
-            f"--batch_size={FLAGS.batch_size} is not divisible by the "
-            f"{strategy.num_replicas_in_sync} replicas of --strategy={FLAGS.strategy}"
-        )
+    try:
+        training.check_strategy(strategy, FLAGS.batch_size, jit_compile=FLAGS.jit_compile)
+    except ValueError as error:
+        raise SystemExit(f"apps.train: error: {error}") from None
     logging.info("strategy %s with %d replicas", FLAGS.strategy, strategy.num_replicas_in_sync)
 
     # --- input pipeline ----------------------------------------------------
@@ -198,7 +195,7 @@ def main(argv):
         )
         tau_split = training.resolve_tau_split(manifest, FLAGS.tau_split, FLAGS.test_split)
     except (FileNotFoundError, ValueError) as error:
-        raise app.UsageError(str(error)) from None
+        raise SystemExit(f"apps.train: error: {error}") from None
     normalization = (
         models.normalization(FLAGS.backbone)
         if FLAGS.normalization == "auto"
@@ -265,7 +262,9 @@ def main(argv):
     logging.info("model %s + %s: %d parameters", FLAGS.backbone, FLAGS.method, model.count_params())
 
     if FLAGS.dry_run:
-        model.fit(train_data, epochs=1, steps_per_epoch=1, verbose=int(FLAGS.verbose))
+        model.fit(
+            train_data, epochs=1, steps_per_epoch=1, shuffle=False, verbose=int(FLAGS.verbose)
+        )
         logging.info("dry run: the pipeline and the model work; stopping before training")
         return 0
 
@@ -278,8 +277,14 @@ def main(argv):
     try:
         start_step = backup.restore(model)
     except ValueError as error:
-        raise app.UsageError(str(error)) from None
+        raise SystemExit(f"apps.train: error: {error}") from None
     plan = training.resume_plan(start_step, steps_per_epoch, FLAGS.epochs)
+
+    if start_step == 0 and FLAGS.init_from:
+        try:
+            training.init_weights(model, FLAGS.init_from)
+        except (FileNotFoundError, ValueError) as error:
+            raise SystemExit(f"apps.train: error: {error}") from None
 
     # --- train loop -----------------------------------------------------------
     writers = summaries.Writers(os.path.join(model_dir, "tensorboard"), chief)
@@ -323,6 +328,7 @@ def main(argv):
             epochs=call.epochs,
             steps_per_epoch=call.steps_per_epoch,
             callbacks=callbacks,
+            shuffle=False,  # the pipeline shuffles
             verbose=int(FLAGS.verbose),
         )
         if backup.nan_step is not None:

@@ -124,6 +124,21 @@ def uses_cpu_devices(strategy: tf.distribute.Strategy) -> bool:
     return bool(devices) and all("CPU" in d.upper() for d in devices)
 
 
+def check_strategy(strategy: tf.distribute.Strategy, batch_size: int, *, jit_compile: bool) -> None:
+    """Raises ``ValueError`` for flags the strategy cannot run with."""
+    replicas = strategy.num_replicas_in_sync
+    if jit_compile and replicas > 1 and uses_cpu_devices(strategy):
+        raise ValueError(
+            "--jit_compile does not work with a strategy over CPU devices (an XLA "
+            "limitation): drop --jit_compile, or use GPUs"
+        )
+    if batch_size % replicas:
+        raise ValueError(
+            f"--batch_size={batch_size} is not divisible by the {replicas} replicas: "
+            f"use a multiple of {replicas}"
+        )
+
+
 def mixed_precision_policy() -> str:
     """``mixed_float16`` on GPUs, ``mixed_bfloat16`` elsewhere (float16 is slow on CPUs)."""
     return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
@@ -400,18 +415,6 @@ def flag_config(flag_values, names) -> dict:
     return {name: flag_values[name].value for name in sorted(names)}
 
 
-def backbone_is_known(name: str, backbones) -> bool:
-    """A built-in backbone name, a keras-hub preset name, or a local preset directory."""
-    if name in backbones or os.path.isdir(name):
-        return True
-    try:
-        import keras_hub
-
-        return name in keras_hub.models.Backbone.presets
-    except ImportError:
-        return False
-
-
 def check_config(config: dict) -> None:
     """Cross-flag checks; raises ``ValueError`` naming the flag and what to do."""
     positive = ("epochs", "batch_size", "eval_batch_size", "crop_size", "resize_size", "top_k")
@@ -513,8 +516,9 @@ def train_dataset(
         crop_size=crop_size,
         normalization=normalization,
         seed=seed,
+        repeat=True,
     )
-    return dataset.map(lambda b: (b["image"], b["label"])).repeat()
+    return dataset.map(lambda b: (b["image"], b["label"]), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def eval_dataset(
@@ -565,3 +569,30 @@ def make_extractor(name: str, model: keras.Model) -> Callable:
 def write_config(model_dir: str, config: dict) -> None:
     """``<model_dir>/config.json``: the flags and the resolved config, atomically."""
     atomic.write_json(os.path.join(model_dir, "config.json"), config)
+
+
+def init_weights(model: keras.Model, source: str) -> None:
+    """Starts ``model`` from the weights of another run (``--init_from``).
+
+    ``source``: a run's ``--model_dir`` (its ``model.keras``), a ``.keras``
+    file or a ``.weights.h5`` file. The models must have the same weights in
+    the same order; layers without weights (ADL, p-ADL) may differ, which is
+    what the ViTOL recipe needs (a DeiT baseline, then p-ADL added).
+    """
+    path = os.path.join(source, "model.keras") if os.path.isdir(source) else source
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--init_from={source}: {path} does not exist")
+    if path.endswith(".weights.h5"):
+        model.load_weights(path)
+        return
+    other = keras.models.load_model(path, compile=False)
+    theirs, ours = other.get_weights(), model.get_weights()
+    shapes = [w.shape for w in theirs], [w.shape for w in ours]
+    if shapes[0] != shapes[1]:
+        raise ValueError(
+            f"--init_from={source}: its model has {len(theirs)} weight arrays, this one "
+            f"{len(ours)} (or their shapes differ): start from a run of the same backbone "
+            "and number of classes"
+        )
+    model.set_weights(theirs)
+    log.info("initialised the model from %s", path)

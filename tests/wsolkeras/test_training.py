@@ -204,6 +204,49 @@ def test_atomic_path_keeps_the_old_file_on_failure(tmp_path):
     assert os.listdir(tmp_path) == ["metrics.json"]
 
 
+# --- config ------------------------------------------------------------------
+
+
+def manifest_with(*splits):
+    return {"splits": {name: {"num_records": 10} for name in splits}}
+
+
+def test_tau_split_falls_back_to_test_only_when_val_is_missing(caplog):
+    assert training.resolve_tau_split(manifest_with("train", "val", "test"), "val", "test") == "val"
+    with caplog.at_level("WARNING"):
+        chosen = training.resolve_tau_split(manifest_with("train", "test"), "val", "test")
+    assert chosen == "test" and "no 'val' split" in caplog.text
+    with pytest.raises(ValueError, match="--tau_split=holdout.*train, test"):
+        training.resolve_tau_split(manifest_with("train", "test"), "holdout", "test")
+
+
+@pytest.mark.parametrize(
+    ("change", "flag"),
+    [
+        ({"crop_size": 96}, "--crop_size"),
+        ({"epochs": 0}, "--epochs"),
+        ({"lr": 0.0}, "--lr"),
+        ({"eval_every": -1}, "--eval_every"),
+        ({"cam_curve_interval": 1.5}, "--cam_curve_interval"),
+    ],
+)
+def test_check_config_names_the_bad_flag(change, flag):
+    config = {
+        "epochs": 2,
+        "batch_size": 8,
+        "eval_batch_size": 8,
+        "crop_size": 64,
+        "resize_size": 80,
+        "top_k": 5,
+        "lr": 0.1,
+        "eval_every": 1,
+        "cam_curve_interval": 0.01,
+    }
+    training.check_config(config)
+    with pytest.raises(ValueError, match=flag):
+        training.check_config({**config, **change})
+
+
 # --- strategies --------------------------------------------------------------
 
 
@@ -258,10 +301,19 @@ def test_mirrored_over_two_logical_cpus_trains_and_checkpoints(tmp_path):
             again.compile(training.make_optimizer("sgd", schedule), loss="mse")
             again.optimizer.build(again.trainable_variables)
         print("RESTORED", backup.restore(again))
+        training.check_strategy(strategy, 8, jit_compile=False)
+        for batch, jit in ((7, False), (8, True)):
+            try:
+                training.check_strategy(strategy, batch, jit_compile=jit)
+            except ValueError as error:
+                print("REFUSED", error)
         """
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "STEP 6" in result.stdout and "RESTORED 6" in result.stdout
+    refused = [line for line in result.stdout.splitlines() if line.startswith("REFUSED")]
+    assert len(refused) == 2
+    assert "--batch_size=7" in refused[0] and "--jit_compile" in refused[1]
 
 
 def test_logical_cpus_after_start_says_why():
@@ -277,3 +329,78 @@ def test_logical_cpus_after_start_says_why():
         """
     )
     assert "already initialised" in result.stdout, result.stderr[-2000:]
+
+
+# --- every method under each strategy -----------------------------------------
+
+METHODS = ("cam", "adl", "rfga", "vitol", "recurrent")
+"""The contract's methods (MODELS_API.md); each trains under each strategy below."""
+
+_TRAIN_EACH_METHOD = """
+import json, sys
+import keras, numpy as np, tensorflow as tf
+from wsolkeras import models, training
+training.configure_logical_cpus(int(sys.argv[2]))
+strategy = training.make_strategy(sys.argv[1])
+rng = np.random.default_rng(0)
+x = rng.uniform(-1, 1, size=(16, 32, 32, 3)).astype("float32")
+y = rng.integers(0, 3, size=16).astype("int32")
+results = {"replicas": strategy.num_replicas_in_sync}
+for method in sys.argv[3].split(","):
+    try:
+        backbone = "deit_tiny" if method == "vitol" else "small_cnn"
+        with strategy.scope():
+            model = models.build(
+                backbone=backbone, method=method, num_classes=3, image_size=32, seed=0
+            )
+            optimizer = training.make_optimizer("sgd", training.StepDecay(0.01, 1, 0.5))
+            model.compile(
+                optimizer=optimizer,
+                metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            )
+            model.optimizer.build(model.trainable_variables)
+        before = [w.copy() for w in model.get_weights()]
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
+        history = model.fit(data, epochs=1, steps_per_epoch=2, verbose=0)
+        after = model.get_weights()
+        results[method] = {
+            "steps": int(model.optimizer.iterations.numpy()),
+            "loss": float(history.history["loss"][-1]),
+            "changed": any(not np.array_equal(a, b) for a, b in zip(before, after)),
+            "finite": all(bool(np.isfinite(w).all()) for w in after),
+        }
+    except Exception as error:
+        results[method] = {"error": f"{type(error).__name__}: {error}"[:800]}
+print("RESULTS " + json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def trained_each_method():
+    pytest.importorskip("wsolkeras.models")
+    runs = {}
+    for strategy, cpus in (("one_device", 0), ("mirrored", 2)):
+        result = subprocess.run(
+            [sys.executable, "-c", _TRAIN_EACH_METHOD, strategy, str(cpus), ",".join(METHODS)],
+            cwd=ROOT,
+            env=dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2"),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        lines = [line for line in result.stdout.splitlines() if line.startswith("RESULTS ")]
+        assert lines, result.stderr[-3000:]
+        runs[strategy] = json.loads(lines[-1][len("RESULTS ") :])
+    return runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["one_device", "mirrored"])
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_trains_a_few_steps_under_each_strategy(trained_each_method, strategy, method):
+    run = trained_each_method[strategy]
+    assert run["replicas"] == (2 if strategy == "mirrored" else 1)
+    found = run[method]
+    assert "error" not in found, found.get("error")
+    assert found["steps"] == 2
+    assert found["changed"] and found["finite"] and math.isfinite(found["loss"])
