@@ -112,7 +112,12 @@ flags.DEFINE_integer(
     "backup_every_steps", 50, "Save the resume state every N steps (and every epoch)."
 )
 flags.DEFINE_integer("keep_checkpoints", 3, "Epoch checkpoints to keep.")
-flags.DEFINE_enum("verbose", "1", ["0", "1", "2"], "Keras fit verbosity (1: progress bar).")
+flags.DEFINE_enum(
+    "verbose",
+    "auto",
+    ["auto", "0", "1", "2"],
+    "Keras fit verbosity: 1 a progress bar, 2 a line per epoch; auto: 1 on a terminal, else 2.",
+)
 
 # Evaluation and export.
 flags.DEFINE_integer(
@@ -178,6 +183,8 @@ def main(argv):
     except ValueError as error:
         raise SystemExit(f"apps.train: error: {error}") from None
     logging.info("strategy %s with %d replicas", FLAGS.strategy, strategy.num_replicas_in_sync)
+
+    verbosity = training.fit_verbosity(FLAGS.verbose)
 
     # --- input pipeline ----------------------------------------------------
     try:
@@ -262,9 +269,7 @@ def main(argv):
     logging.info("model %s + %s: %d parameters", FLAGS.backbone, FLAGS.method, model.count_params())
 
     if FLAGS.dry_run:
-        model.fit(
-            train_data, epochs=1, steps_per_epoch=1, shuffle=False, verbose=int(FLAGS.verbose)
-        )
+        model.fit(train_data, epochs=1, steps_per_epoch=1, shuffle=False, verbose=verbosity)
         logging.info("dry run: the pipeline and the model work; stopping before training")
         return 0
 
@@ -329,7 +334,7 @@ def main(argv):
             steps_per_epoch=call.steps_per_epoch,
             callbacks=callbacks,
             shuffle=False,  # the pipeline shuffles
-            verbose=int(FLAGS.verbose),
+            verbose=verbosity,
         )
         if backup.nan_step is not None:
             logging.error(

@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import re
+import sys
 import warnings
 from collections.abc import Callable
 
@@ -435,6 +436,13 @@ def check_config(config: dict) -> None:
         raise ValueError("--cam_curve_interval must be in (0, 1), e.g. 0.01 (100 thresholds)")
     if config.get("keep_checkpoints", 1) < 1:
         raise ValueError("--keep_checkpoints must be at least 1")
+
+
+def fit_verbosity(flag: str) -> int:
+    """Keras ``fit`` verbosity; ``auto``: a progress bar on a terminal, else a line per epoch."""
+    if flag == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    return int(flag)
 
 
 def log_to_file(path: str) -> None:
