@@ -28,7 +28,8 @@ Conventions (chosen so that the records equal the WSOL protocol's data):
   186.0``) is ``14,112,402,298``. A box reaching ``x + width = W`` is
   clipped to ``W - 1`` and counted in the manifest.
 - Masks (with ``segmentations_dir``, the separately published
-  ``segmentations/`` folder, ``<class_dir>/<image>.png``): the PNGs are
+  ``segmentations/`` folder or its ``segmentations.tgz``,
+  ``<class_dir>/<image>.png``): the PNGs are
   grayscale, the average of 5 annotators' masks. The protocol
   (``wsolevaluation``) evaluates masks only on OpenImages, with
   ``mask > 0.5`` on the raw 8-bit values (then the union of instances);
@@ -79,7 +80,8 @@ class CubItem:
     member: str | None = None  # archive mode: the image's member name
     offset: int = 0  # archive mode: offset of the member's data
     size: int = 0  # archive mode: size of the member's data
-    mask_path: str | None = None
+    mask_path: str | None = None  # a file, or a member of mask_archive
+    mask_archive: str | None = None  # segmentations.tgz, when given as an archive
 
 
 def make_source(data_dir: str, segmentations_dir: str | None = None) -> Source:
@@ -88,8 +90,8 @@ def make_source(data_dir: str, segmentations_dir: str | None = None) -> Source:
     Args:
       data_dir: the extracted ``CUB_200_2011/`` folder (or its parent), or
         the ``CUB_200_2011.tgz`` archive.
-      segmentations_dir: the extracted ``segmentations/`` folder; masks are
-        added when given.
+      segmentations_dir: the extracted ``segmentations/`` folder, or the
+        ``segmentations.tgz`` archive; masks are added when given.
     """
     data_dir = os.path.abspath(os.path.expanduser(data_dir))
     if os.path.isfile(data_dir):
@@ -109,11 +111,16 @@ def make_source(data_dir: str, segmentations_dir: str | None = None) -> Source:
             name: common.read_text(path, what=f"CUB-200-2011's {name}")
             for name, path in index_names.items()
         }
+    mask_archive, mask_members = None, set()
     if segmentations_dir is not None:
-        segmentations_dir = common.require_dir(
-            os.path.abspath(os.path.expanduser(segmentations_dir)),
-            what="--segmentations_dir (CUB's segmentations/ folder)",
-        )
+        segmentations_dir = os.path.abspath(os.path.expanduser(segmentations_dir))
+        if os.path.isfile(segmentations_dir) and segmentations_dir.endswith(_ARCHIVE_SUFFIXES):
+            mask_archive, mask_members = segmentations_dir, _archive_names(segmentations_dir)
+        else:
+            common.require_dir(
+                segmentations_dir,
+                what="--segmentations_dir (CUB's segmentations/ folder or segmentations.tgz)",
+            )
 
     def index(name, **kwargs):
         return common.parse_index(index_texts[name], index_names[name], **kwargs)
@@ -124,6 +131,7 @@ def make_source(data_dir: str, segmentations_dir: str | None = None) -> Source:
     boxes = {_id(line): line for line in index("bounding_boxes.txt", num_fields=5)}
     class_names = _class_names(index("classes.txt", num_fields=2, maxsplit=1))
 
+    mask_prefix = _mask_prefix(mask_members, images) if mask_archive else ""
     splits: dict[str, list[CubItem]] = {"train": [], "test": []}
     root_or_archive = data_dir if members is not None else root
     for line in images:
@@ -155,7 +163,9 @@ def make_source(data_dir: str, segmentations_dir: str | None = None) -> Source:
             member = f"{archive_root}images/{rel}"
             offset, size = members.get(member, (0, -1))
         mask_path = None
-        if segmentations_dir is not None:
+        if mask_archive is not None:
+            mask_path = mask_prefix + os.path.splitext(rel)[0] + ".png"
+        elif segmentations_dir is not None:
             mask_path = os.path.join(segmentations_dir, os.path.splitext(rel)[0] + ".png")
         item = CubItem(
             image_id=image_id,
@@ -170,6 +180,7 @@ def make_source(data_dir: str, segmentations_dir: str | None = None) -> Source:
             offset=offset or 0,
             size=size if size is not None else 0,
             mask_path=mask_path,
+            mask_archive=mask_archive,
         )
         splits["train" if is_train else "test"].append(item)
     if members is not None:
@@ -223,8 +234,13 @@ def load(item: CubItem) -> Record:
         mask_where = (
             f"segmentation {item.mask_path} (for {item.path}, images.txt line {item.images_line})"
         )
+        if item.mask_archive is not None:
+            mask_where = f"{item.mask_archive}:{mask_where}"
+            mask_data = _archive_member(item.mask_archive, item.mask_path, mask_where)
+        else:
+            mask_data = common.read_bytes(item.mask_path, where=mask_where)
         values = common.gray_mask(
-            common.read_bytes(item.mask_path, where=mask_where),
+            mask_data,
             where=mask_where,
             size=(width, height),
         )
@@ -295,6 +311,44 @@ def _scan_archive(path: str) -> tuple[dict[str, tuple[str, str]], dict, str]:
             f"{path} has no {', '.join(missing)}: it is not CUB_200_2011.tgz as published"
         )
     return texts, members, texts["images.txt"][0][: -len("images.txt")]
+
+
+def _archive_names(path: str) -> set[str]:
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            return {info.name for info in tar if info.isfile()}
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise ValueError(f"{path}: cannot read the archive ({error}): re-download it") from None
+
+
+def _mask_prefix(members: set[str], images: list[common.IndexLine]) -> str:
+    """The folder prefix of the masks in segmentations.tgz (``segmentations/``)."""
+    for line in images:
+        name = os.path.splitext(line.fields[1])[0] + ".png"
+        for member in members:
+            if member == name or member.endswith("/" + name):
+                return member[: -len(name)]
+    raise FileNotFoundError(
+        "the segmentations archive holds no <class_dir>/<image>.png of an image in images.txt: "
+        "it is not CUB's segmentations.tgz"
+    )
+
+
+# segmentations.tgz is small (tens of MB): each worker reads it once, whole.
+_ARCHIVE_FILES: dict[str, dict[str, bytes]] = {}
+
+
+def _archive_member(path: str, name: str, where: str) -> bytes:
+    if path not in _ARCHIVE_FILES:
+        files = {}
+        with tarfile.open(path, "r:*") as tar:
+            for info in tar:
+                if info.isfile() and info.name.endswith(".png"):
+                    files[info.name] = tar.extractfile(info).read()
+        _ARCHIVE_FILES[path] = files
+    if name not in _ARCHIVE_FILES[path]:
+        raise BadRecord(f"{where}: not in the archive: restore it, or skip with --skip_bad")
+    return _ARCHIVE_FILES[path][name]
 
 
 # Per worker process: one open stream per archive, read forward.

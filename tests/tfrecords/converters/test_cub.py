@@ -92,13 +92,14 @@ def test_folder_with_segmentations(dataset, tmp_path):
 def test_tgz_equals_folder_in_worker_processes(dataset, tmp_path):
     # Members stored in reverse order: the converter must still find each one.
     archive = fixtures.tar_folder(dataset["root"], str(tmp_path / "CUB_200_2011.tgz"), reverse=True)
-    source = cub.make_source(archive)
+    masks = fixtures.tar_folder(dataset["segmentations"], str(tmp_path / "segmentations.tgz"))
+    source = cub.make_source(archive, segmentations_dir=masks)
     items = source.splits["train"]
     assert pickle.loads(pickle.dumps(items)) == items
     assert [item.offset for item in items] == sorted(item.offset for item in items)
     output = str(tmp_path / "out")
     manifest = write_dataset(source, output, workers=2, records_per_shard=3, progress=False)
-    _check(output, manifest, dataset, masks=False)
+    _check(output, manifest, dataset, masks=True)
 
 
 def test_bad_inputs_name_file_and_line(dataset, tmp_path):
@@ -124,6 +125,13 @@ def test_bad_inputs_name_file_and_line(dataset, tmp_path):
     bad_box = {i.image_id: i for s in cub.make_source(root).splits.values() for i in s}[5]
     with pytest.raises(BadRecord, match=r"bounding_boxes\.txt line 5"):
         cub.load(bad_box)
+
+    segmentations = str(tmp_path / "segmentations")
+    shutil.copytree(dataset["segmentations"], segmentations)
+    first = cub.make_source(root, segmentations_dir=segmentations).splits["train"][0]
+    os.remove(first.mask_path)
+    with pytest.raises(BadRecord, match=rf"(?s){first.mask_path}.*images\.txt line 1\)"):
+        cub.load(first)
 
     manifest = write_dataset(
         cub.make_source(root), str(tmp_path / "out"), workers=0, skip_bad=True, progress=False
