@@ -244,14 +244,18 @@ def _dataset(tfds_name: str, data_dir: str, split: str, start: int, layout: Layo
 
 
 # Per worker process: an iterator per split and the index it yields next, so
-# that a worker reading consecutive items reads the split sequentially.
+# that a worker reading consecutive items reads the split sequentially; the
+# writer hands each worker chunks of consecutive items, so it skips the other
+# workers' chunks by reading on (cheap: images stay encoded) unless the gap is
+# larger than _MAX_SKIP, where it reopens the split at the item.
 _READERS: dict[tuple, list] = {}
+_MAX_SKIP = 512
 
 
 def _example(item: TfdsItem) -> dict:
     key = (item.tfds_name, item.data_dir, item.split)
     reader = _READERS.get(key)
-    if reader is None or reader[1] > item.index or item.index - reader[1] > 64:
+    if reader is None or reader[1] > item.index or item.index - reader[1] > _MAX_SKIP:
         reader = _READERS[key] = [
             _dataset(item.tfds_name, item.data_dir, item.split, item.index, item.layout),
             item.index,
