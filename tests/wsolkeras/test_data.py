@@ -205,6 +205,11 @@ def _grid_load(item):
     index, boxes = item
     y, x = np.mgrid[0:100, 0:100]
     image = np.stack([x, y, np.full_like(x, index)], -1).astype(np.uint8)
+    masks = []
+    for region in (np.s_[3:31, 2:21], np.s_[80:, :10]):  # foreground: the first box
+        mask = np.zeros((100, 100), np.uint8)
+        mask[region] = 255
+        masks.append(cv2.imencode(".png", mask)[1].tobytes())
     ok, png = cv2.imencode(".png", image[..., ::-1])
     assert ok
     return schema.Record(
@@ -217,6 +222,8 @@ def _grid_load(item):
         0,
         "grid",
         np.array(boxes, np.float64),
+        mask_png=masks[0],
+        ignore_png=masks[1],
     )
 
 
@@ -277,6 +284,12 @@ def test_max_boxes_keeps_the_first_ones(grid_dir):
     element = next(_elements(dataset))
     assert element["num_boxes"] == 2 and element["boxes"].shape == (2, 4)
     np.testing.assert_allclose(element["boxes"][1], [0.55, 0.6, 0.97, 0.98], rtol=1e-6)
+    # Ignore masks travel with the masks.
+    ignore = np.zeros((100, 100), np.uint8)
+    ignore[80:, :10] = 1
+    expected = cv2.resize(ignore, (20, 20), interpolation=cv2.INTER_NEAREST)
+    assert np.array_equal(element["ignore_mask"], expected)
+    assert element["mask"].sum() > 0 and not (element["mask"] & element["ignore_mask"]).any()
 
 
 def _ids_and_first_image(dataset):
