@@ -172,6 +172,13 @@ def write_coco(path: str, expected: dict, photos: str) -> dict:
     rle_mask[12:14, 2:5] = 1
     rle = mask_utils.encode(np.asfortranarray(rle_mask))
     rle["counts"] = rle["counts"].decode()  # as JSON holds it
+    w_b2, h_b2 = size["bird/b2.bmp"]
+    plain_mask = np.zeros((h_b2, w_b2), np.uint8)
+    plain_mask[1:6, 2:9] = 1
+    column_major = plain_mask.flatten(order="F")
+    edges = np.flatnonzero(np.diff(column_major)) + 1
+    runs = np.diff(np.concatenate([[0], edges, [column_major.size]])).tolist()
+    plain_rle = {"counts": ([0] if column_major[0] else []) + runs, "size": [h_b2, w_b2]}
     triangle = [3.0, 2.0, 20.0, 4.5, 9.5, 15.0]
     square = [2.0, 3.0, 12.0, 3.0, 12.0, 11.0, 2.0, 11.0]
     images = [
@@ -179,9 +186,16 @@ def write_coco(path: str, expected: dict, photos: str) -> dict:
         {"id": 2, "file_name": os.path.join(photos, "cat", "c1.png")},  # absolute path
         {"id": 3, "file_name": "d2.bmp"},  # unique base name
         {"id": 4, "file_name": "images/dog/d3.webp"},  # a tool's prefix; no annotations
+        {"id": 5, "file_name": "bird/b2.bmp"},
     ]
     for image in images:
-        rel = {1: "bird/b0.jpg", 2: "cat/c1.png", 3: "dog/d2.bmp", 4: "dog/d3.webp"}[image["id"]]
+        rel = {
+            1: "bird/b0.jpg",
+            2: "cat/c1.png",
+            3: "dog/d2.bmp",
+            4: "dog/d3.webp",
+            5: "bird/b2.bmp",
+        }[image["id"]]
         image["width"], image["height"] = size[rel]
     annotations = [
         # integer bbox: pixels 2..11 x 3..10; polygon segmentation
@@ -210,6 +224,13 @@ def write_coco(path: str, expected: dict, photos: str) -> dict:
         },
         {"id": 14, "image_id": 3, "category_id": 9, "bbox": [0, 0, 5.0000001, 4]},  # float noise
         {"id": 15, "image_id": 3, "category_id": 7, "bbox": [1, 1, 3, 3]},  # a bird in a dog photo
+        {
+            "id": 16,
+            "image_id": 5,
+            "category_id": 7,
+            "bbox": [2, 1, 7, 5],
+            "segmentation": plain_rle,
+        },
     ]
     fixtures.write(
         path,
@@ -219,6 +240,7 @@ def write_coco(path: str, expected: dict, photos: str) -> dict:
         "bird/b0.jpg": {"boxes": [(2, 3, 11, 10), (1, 2, 8, 7)], "polygons": [square, triangle]},
         "cat/c1.png": {"boxes": [(6, 4, 18, 13)], "mask": rle_mask},
         "dog/d2.bmp": {"boxes": [(0, 0, 4, 3)]},
+        "bird/b2.bmp": {"boxes": [(2, 1, 8, 5)], "mask": plain_mask},
     }
 
 
@@ -326,7 +348,7 @@ def test_coco_boxes_and_masks(photos, converted):
             for polygon in want["polygons"]:
                 inside |= _inside(polygon, xs, ys)
             assert mask.sum() > 0 and (mask & inside).sum() / (mask | inside).sum() > 0.8
-        elif path == "cat/c1.png":  # compressed RLE
+        elif path in ("cat/c1.png", "bird/b2.bmp"):  # compressed and uncompressed RLE
             np.testing.assert_array_equal(mask, want["mask"].astype(bool))
         else:
             assert mask is None, path
