@@ -43,7 +43,9 @@ flags.DEFINE_integer("image_size", None, "synthetic: image side in pixels")
 flags.DEFINE_integer("train_size", None, "synthetic: training images")
 flags.DEFINE_integer("val_size", None, "synthetic: validation images")
 flags.DEFINE_integer("test_size", None, "synthetic: test images")
-flags.DEFINE_integer("seed", None, "synthetic: random seed")
+flags.DEFINE_integer("seed", None, "synthetic, folder: random seed")
+flags.DEFINE_string("split", None, "folder: train,val,test fractions, e.g. 0.8,0.1,0.1")
+flags.DEFINE_string("boxes", None, "folder: boxes as a COCO .json or a .csv file")
 
 CONVERTER_OPTIONS = (
     "segmentations_dir",
@@ -57,6 +59,8 @@ CONVERTER_OPTIONS = (
     "val_size",
     "test_size",
     "seed",
+    "split",
+    "boxes",
 )
 
 
@@ -128,6 +132,9 @@ def main(argv: list[str]) -> int:
     ):
         return _usage(f"--data_dir is required for --dataset={FLAGS.dataset}")
     given = {name: FLAGS[name].value for name in CONVERTER_OPTIONS if FLAGS[name].present}
+    if "skip_bad" in inspect.signature(module.make_source).parameters:
+        # Converters that scan annotations up front skip bad ones there too.
+        given["skip_bad"] = FLAGS.skip_bad
     try:
         options = converter_options(module.make_source, given)
     except ValueError as error:

@@ -352,6 +352,7 @@ def _write_shard(output_dir: str, shard: dict, results: Iterator, skip_bad: bool
         "num_masks": 0,
         "num_ignore_masks": 0,
         "max_boxes": 0,
+        "num_with_boxes": 0,
         "skipped": [],
     }
     try:
@@ -382,6 +383,7 @@ def _write_shard(output_dir: str, shard: dict, results: Iterator, skip_bad: bool
                 state["num_masks"] += record.mask_png is not None
                 state["num_ignore_masks"] += record.ignore_png is not None
                 state["max_boxes"] = max(state["max_boxes"], len(record.boxes))
+                state["num_with_boxes"] += len(record.boxes) > 0
         os.replace(temp, path)
     finally:
         if os.path.exists(temp):
@@ -404,6 +406,7 @@ def _manifest(source: Source, plan: list[dict], states: dict, records_per_shard:
             "num_skipped": sum(shard["num_skipped"] for shard in shards),
             "num_clipped_boxes": sum(shard["num_clipped_boxes"] for shard in shards),
             "max_boxes": max([shard["max_boxes"] for shard in shards], default=0),
+            "num_with_boxes": sum(shard.get("num_with_boxes", 0) for shard in shards),
             "has_masks": total > 0 and num_masks == total,
             "has_ignore_masks": total > 0 and num_ignore == total,
             "num_masks": num_masks,
@@ -422,6 +425,7 @@ def _manifest(source: Source, plan: list[dict], states: dict, records_per_shard:
                         "num_masks",
                         "num_ignore_masks",
                         "max_boxes",
+                        "num_with_boxes",
                         "skipped",
                     )
                 }

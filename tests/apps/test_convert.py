@@ -81,7 +81,7 @@ def test_unknown_dataset_lists_the_valid_ones():
     result = _convert("--dataset=imagenet21k", "--output_dir=/tmp/unused")
     assert result.returncode != 0
     assert "unknown dataset 'imagenet21k'" in result.stderr
-    for name in ("aircraft", "cub", "dogs", "synthetic", "tfds", "wsol_metadata"):
+    for name in ("aircraft", "cub", "dogs", "folder", "synthetic", "tfds", "wsol_metadata"):
         assert name in result.stderr
     _no_traceback(result)
 

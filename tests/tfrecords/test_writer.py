@@ -97,6 +97,7 @@ def test_shards_and_manifest(tmp_path):
     assert train["num_records"] == 10 and manifest["splits"]["val"]["num_records"] == 3
     assert [shard["num_records"] for shard in train["shards"]] == [4, 4, 2]
     assert train["num_clipped_boxes"] == 1 and train["num_skipped"] == 0
+    assert train["num_with_boxes"] == 10 and train["max_boxes"] == 1
     for shard in train["shards"]:
         path = tmp_path / shard["file"]
         assert shard["sha256"] == writer.file_sha256(str(path))

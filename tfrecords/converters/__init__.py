@@ -15,6 +15,7 @@ CONVERTERS = {
     "dogs": "tfrecords.converters.dogs",
     "wsol_metadata": "tfrecords.converters.wsol_metadata",
     "tfds": "tfrecords.converters.tfds",
+    "folder": "tfrecords.converters.folder",
 }
 
 
