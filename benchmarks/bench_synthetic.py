@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import time
 
+import cv2
+
 from tfrecords.converters import synthetic
 
 
@@ -26,6 +28,7 @@ def measure(
     image_size: int, num_images: int, num_classes: int = 20, repeats: int = 3
 ) -> dict[str, float]:
     """Images per second of ``render`` alone and of ``load`` (render + JPEG/PNG encoding)."""
+    cv2.setNumThreads(1)  # a rate per core, as the writer's workers run
     synthetic.load((0, "train", 0, num_classes, image_size))  # warm caches
 
     def render(index):
@@ -48,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     rates = measure(args.image_size, args.num_images)
     print(
-        f"synthetic @ {args.image_size}px, one process, best of 3: "
+        f"synthetic @ {args.image_size}px, one core, best of 3: "
         f"render {rates['render']:.0f} img/s, "
         f"render + encode (a converter record) {rates['load']:.0f} img/s"
     )

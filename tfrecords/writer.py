@@ -140,9 +140,14 @@ def _fingerprint(source: Source, split: str, index: int, num_shards: int, items:
 _LOAD = None
 
 
-def _init_worker(load) -> None:
+def _init_worker(load, single_threaded: bool = False) -> None:
     global _LOAD
     _LOAD = load
+    if single_threaded:
+        # One worker per core already: OpenCV's own thread pool would oversubscribe.
+        import cv2
+
+        cv2.setNumThreads(1)
 
 
 def _load_one(item: Any) -> tuple:
@@ -234,7 +239,7 @@ def _results(load, items: Iterator, workers: int) -> Iterator[tuple]:
         return
     # spawn, not fork: the parent may hold TensorFlow's or OpenCV's threads.
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=(load,)) as pool:
+    with context.Pool(workers, initializer=_init_worker, initargs=(load, True)) as pool:
         yield from pool.imap(_load_one, items, chunksize=8)
 
 
