@@ -357,6 +357,7 @@ def test_coco_boxes_and_masks(photos, converted):
     for path in coco_boxes:
         boxed[records[path]["split"]] += 1
     assert info["boxed_counts"] == boxed
+    assert {name: split["num_with_boxes"] for name, split in manifest["splits"].items()} == boxed
     assert info["other_class_boxes"] == 1  # the bird box in a dog photo
     assert info["boxes_format"] == "coco"
     assert not manifest["splits"][records["bird/b0.jpg"]["split"]]["has_masks"]
