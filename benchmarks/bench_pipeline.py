@@ -50,16 +50,18 @@ def python_loader(data_dir: str, split: str, batch_size: int, crop: int, resize:
                 batch = []
 
 
-def _throughput(batches, num_batches: int, warmup: int = 2) -> float:
+def _throughput(batches, num_batches: int, warmup: int = 2) -> tuple[float, float]:
+    """(images per second of wall time, CPU milliseconds per image over all threads)."""
     iterator = iter(batches)
     for _ in range(warmup):
         next(iterator)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     images = 0
     for _ in range(num_batches):
         batch = next(iterator)
         images += int((batch["image"] if isinstance(batch, dict) else batch).shape[0])
-    return images / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    return images / wall, 1000 * cpu / images
 
 
 def main() -> None:
@@ -83,6 +85,7 @@ def main() -> None:
         writer.write_dataset(source, data_dir, records_per_shard=64, progress=False)
         print(f"converted {args.num_images} synthetic {args.source_size}px JPEGs to {data_dir}")
 
+    load = os.getloadavg()[0]  # other processes take the cores tf.data would use
     dataset = data.make_dataset(
         data_dir,
         args.split,
@@ -100,11 +103,17 @@ def main() -> None:
     )
     print(
         f"training input, {args.crop}px crops of {args.resize}px, batch {args.batch_size}, "
-        f"{os.cpu_count()} CPU cores:"
+        f"{os.cpu_count()} CPU cores, load average before the run {load:.1f}:"
     )
-    print(f"  wsolkeras.data (tf.data)            {pipeline:7.1f} images/s")
-    print(f"  PIL + numpy loader, one process     {simple:7.1f} images/s")
-    print(f"  speed-up                            {pipeline / simple:7.2f}x")
+    print(
+        f"  wsolkeras.data (tf.data)          {pipeline[0]:7.1f} images/s  "
+        f"{pipeline[1]:6.1f} CPU ms/image"
+    )
+    print(
+        f"  PIL + numpy loader, one process   {simple[0]:7.1f} images/s  "
+        f"{simple[1]:6.1f} CPU ms/image"
+    )
+    print(f"  speed-up                          {pipeline[0] / simple[0]:7.2f}x")
 
 
 if __name__ == "__main__":
