@@ -76,7 +76,8 @@ Conventions:
     ``COCO.annToMask`` does); otherwise the image gets no mask.
   - CSV: ``filename,xmin,ymin,xmax,ymax[,class]``, one row per box, a header
     optional (when present, columns are found by these names; ``label`` or
-    ``category`` may name the class column). Coordinates are 0-based
+    ``category`` may name the class column; without one, a row's sixth field
+    is its class). Coordinates are 0-based
     INCLUSIVE pixel corners, the library's convention: ``xmax`` is the last
     pixel column inside the box (shift 1-based or exclusive corners first).
     Values are stored as given (fractions allowed), clipped to the image.
@@ -811,8 +812,6 @@ def _read_csv(path, lookup, label_of, class_names, problems, data_dir):
                 columns["class"] = header.index(alias)
                 break
         rows = rows[1:]
-    elif rows and len(rows[0][1]) == 6:
-        columns["class"] = 5
     num_columns = max(columns.values()) + 1
     class_set = set(class_names)
     annotations: dict[str, _Annotation] = {}
@@ -821,22 +820,26 @@ def _read_csv(path, lookup, label_of, class_names, problems, data_dir):
     other_class = 0
     for lineno, row in rows:
         where = f"{name} line {lineno}"
-        if len(row) < num_columns or (not has_header and len(row) != num_columns):
-            problems.add(
-                "bad_annotation",
-                f"{where}: expected {num_columns} columns "
-                f"(filename,xmin,ymin,xmax,ymax{',class' if 'class' in columns else ''}), "
-                f"got {row!r}",
-            )
-            continue
-        file_name = row[columns["filename"]].strip()
+        if has_header:
+            complete, class_column = len(row) >= num_columns, columns.get("class")
+        else:  # positional: the class column is optional row by row
+            complete, class_column = len(row) in (5, 6), (5 if len(row) == 6 else None)
+        file_name = row[columns["filename"]].strip() if len(row) > columns["filename"] else ""
         path, candidates = _resolve(file_name, lookup)
         if path is None:
             problems.add(*_unmatched(where, file_name, candidates, data_dir, "a box"))
             continue
+        if not complete:
+            problems.add(
+                "bad_annotation",
+                f"{where}: expected filename,xmin,ymin,xmax,ymax[,class], got {row!r} "
+                "(--skip_bad leaves the image out)",
+            )
+            bad_images.add(path)
+            continue
         label_text = class_names[label_of[path]]
-        if "class" in columns:
-            category = row[columns["class"]].strip()
+        if class_column is not None:
+            category = row[class_column].strip()
             if category not in class_set:
                 problems.add(
                     "unknown_category",

@@ -393,11 +393,14 @@ def test_csv_boxes(photos, tmp_path):
     assert sum(manifest["source"]["boxed_counts"].values()) == 2
     assert manifest["source"]["other_class_boxes"] == 1
 
-    # No header, no class column: positional.
-    csv_path.write_text("dog/d1.png,3,4,5,6\n")
+    # No header: positional, the class column optional row by row.
+    csv_path.write_text("dog/d1.png,3,4,5,6\ndog/d0.jpg,1,1,2,2,dog\n")
     source = folder.make_source(photos["root"], boxes=str(csv_path), skip_bad=True)
-    boxed = [item for items in source.splits.values() for item in items if item.boxes]
-    assert [(item.path, item.boxes) for item in boxed] == [("dog/d1.png", ((3.0, 4.0, 5.0, 6.0),))]
+    boxed = sorted((i.path, i.boxes) for items in source.splits.values() for i in items if i.boxes)
+    assert boxed == [
+        ("dog/d0.jpg", ((1.0, 1.0, 2.0, 2.0),)),
+        ("dog/d1.png", ((3.0, 4.0, 5.0, 6.0),)),
+    ]
 
 
 def test_corrupt_image_is_named_and_nothing_is_half_written(photos, tmp_path):
@@ -498,6 +501,16 @@ def test_coco_category_not_a_folder(small):
         "coco.json",
         json.dumps(coco),
         r"coco\.json annotation id 5 \(image cat/c\.png\): category 'horse' is not a class folder",
+        "unknown_category",
+    )
+
+
+def test_csv_class_not_a_folder(small):
+    _bad_boxes(
+        small,
+        "boxes.csv",
+        "filename,xmin,ymin,xmax,ymax,class\ncat/c.png,1,1,3,3,horse\n",
+        r"boxes\.csv line 2: class 'horse' is not a class folder \(cat, dog\)",
         "unknown_category",
     )
 
