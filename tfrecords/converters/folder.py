@@ -442,8 +442,9 @@ def load(item: FolderItem) -> Record:
         hint = ""
         if tuple(item.size) == (height, width):
             hint = (
-                " (width and height swapped: the annotation tool applied the file's EXIF "
-                "orientation; rotate the file itself, or fix width/height and the boxes)"
+                " (width and height swapped: if the file has an EXIF orientation, the "
+                "annotation tool applied it and we do not; store the file rotated, or fix "
+                "width/height and the boxes)"
             )
         raise BadRecord(
             f"{path}: {item.annotation} says the image is {item.size[0]}x{item.size[1]}, the "
