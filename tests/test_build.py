@@ -62,10 +62,7 @@ def test_every_src_exists():
 def test_every_test_file_is_a_py_test():
     targets = _load_build()
     tests = {
-        src
-        for target in targets.values()
-        if target["kind"] == "py_test"
-        for src in target["srcs"]
+        src for target in targets.values() if target["kind"] == "py_test" for src in target["srcs"]
     }
     test_files = {f for f in _python_files() if pathlib.PurePosixPath(f).name.startswith("test_")}
     missing = sorted(test_files - tests)
