@@ -404,3 +404,45 @@ def test_each_method_trains_a_few_steps_under_each_strategy(trained_each_method,
     assert "error" not in found, found.get("error")
     assert found["steps"] == 2
     assert found["changed"] and found["finite"] and math.isfinite(found["loss"])
+
+
+# --- data wiring -------------------------------------------------------------
+
+
+def test_ensure_dataset_generates_the_synthetic_set_only_when_allowed(tmp_path):
+    missing = str(tmp_path / "cub_tfrecords")
+    with pytest.raises(FileNotFoundError, match="apps.convert"):
+        training.ensure_dataset(missing, synthetic=False, synthetic_options={})
+    assert not os.path.exists(missing)
+    options = {
+        "num_classes": 2,
+        "image_size": 40,
+        "train_size": 6,
+        "val_size": 2,
+        "test_size": 2,
+        "seed": 0,
+    }
+    target = str(tmp_path / "synthetic")
+    manifest = training.ensure_dataset(target, synthetic=True, synthetic_options=options)
+    assert manifest["num_classes"] == 2
+    assert {k: v["num_records"] for k, v in manifest["splits"].items()} == {
+        "train": 6,
+        "val": 2,
+        "test": 2,
+    }
+    # Present now: read, not generated again.
+    again = training.ensure_dataset(target, synthetic=True, synthetic_options={})
+    assert again == manifest
+
+    train = training.train_dataset(
+        target, "train", batch_size=4, resize_size=40, crop_size=32, normalization="unit", seed=0
+    )
+    batches = list(train.take(4))  # more than one pass: repeated
+    assert len(batches) == 4
+    images, labels = batches[0]
+    assert images.shape == (4, 32, 32, 3) and labels.shape == (4,)
+    evaluation_batches = list(
+        training.eval_dataset(target, "val", batch_size=4, crop_size=32, normalization="unit")
+    )
+    assert sum(len(b["label"]) for b in evaluation_batches) == 2
+    assert {"image", "label", "boxes", "num_boxes"} <= set(evaluation_batches[0])
