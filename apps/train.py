@@ -201,6 +201,7 @@ def main(argv):
             },
         )
         tau_split = training.resolve_tau_split(manifest, FLAGS.tau_split, FLAGS.test_split)
+        num_train = training.split_size(manifest, FLAGS.train_split, "--train_split")
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"apps.train: error: {error}") from None
     normalization = (
@@ -211,7 +212,6 @@ def main(argv):
     extractor_name = (
         models.default_extractor(FLAGS.method) if FLAGS.extractor == "auto" else FLAGS.extractor
     )
-    num_train = manifest["splits"][FLAGS.train_split]["num_records"]
     steps_per_epoch = training.steps_per_epoch(num_train, FLAGS.batch_size, FLAGS.steps_per_epoch)
     train_data = training.train_dataset(
         FLAGS.data_dir,

@@ -484,6 +484,17 @@ def ensure_dataset(data_dir: str, *, synthetic: bool, synthetic_options: dict) -
     return writer.read_manifest(data_dir)
 
 
+def split_size(manifest: dict, split: str, flag: str) -> int:
+    """The number of records of ``split``; a ``ValueError`` naming ``flag`` if there is none."""
+    splits = manifest["splits"]
+    if split not in splits or not splits[split]["num_records"]:
+        raise ValueError(
+            f"{flag}={split}: the dataset has no such split (or it is empty); "
+            f"it has {', '.join(s for s in splits if splits[s]['num_records'])}"
+        )
+    return int(splits[split]["num_records"])
+
+
 def resolve_tau_split(manifest: dict, tau_split: str, test_split: str) -> str:
     """The split to choose tau on: ``tau_split``, else ``test_split`` if val is missing."""
     splits = manifest["splits"]

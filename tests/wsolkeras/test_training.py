@@ -220,6 +220,12 @@ def test_tau_split_falls_back_to_test_only_when_val_is_missing(caplog):
         training.resolve_tau_split(manifest_with("train", "test"), "holdout", "test")
 
 
+def test_split_size_names_the_flag():
+    assert training.split_size(manifest_with("train", "test"), "train", "--train_split") == 10
+    with pytest.raises(ValueError, match="--train_split=trainval.*train, test"):
+        training.split_size(manifest_with("train", "test"), "trainval", "--train_split")
+
+
 @pytest.mark.parametrize(
     ("change", "flag"),
     [
