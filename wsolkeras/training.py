@@ -509,7 +509,8 @@ def resolve_tau_split(manifest: dict, tau_split: str, test_split: str) -> str:
         )
         return test_split
     raise ValueError(
-        f"--tau_split={tau_split}: the dataset has no such split; it has {', '.join(splits)}"
+        f"--tau_split={tau_split}: the dataset has no such split (or it is empty); it has "
+        f"{', '.join(s for s in splits if splits[s]['num_records'])}"
     )
 
 

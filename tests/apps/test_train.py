@@ -252,7 +252,7 @@ def write_fixture(name: str, parent: str) -> tuple[str, str]:
     if name == "aircraft":
         info = fixtures.write_aircraft(parent, per_split=2)
         return "aircraft", info["root"]
-    info = fixtures.write_dogs(os.path.join(parent, "dogs"), per_class=2)
+    info = fixtures.write_dogs(os.path.join(parent, "dogs"), per_class=3)
     return "dogs", info["root"]
 
 
