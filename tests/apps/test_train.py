@@ -90,15 +90,16 @@ def test_default_flags_file_is_the_embedded_default():
         "import apps.train as train\n"
         "F = flags.FLAGS\n"
         "F(['train', '--flagfile=default.flags'])\n"
-        "print(json.dumps({n: [F[n].value, F[n].default, F[n].present] for n in train.APP_FLAGS}))\n"
+        "values = {n: [F[n].value, F[n].default, F[n].present] for n in train.APP_FLAGS}\n"
+        "print(json.dumps(values))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=environment(), capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-2000:]
     values = json.loads(result.stdout.strip().splitlines()[-1])
-    for name, (value, default, present) in values.items():
-        assert value == default, f"default.flags sets --{name}={value}, the code's default is {default}"
+    for name, (value, default, _) in values.items():
+        assert value == default, f"default.flags: --{name}={value}, the code's default: {default}"
     testing_only = {"logical_cpus", "dry_run", "init_from", "verbose"}
     missing = [n for n, (_, _, present) in values.items() if not present and n not in testing_only]
     assert not missing, f"default.flags does not list {missing}"
@@ -262,8 +263,12 @@ def test_recipe_flagfiles_build_their_model_and_pipeline(flagfile, tmp_path):
     converter, raw = write_fixture(flagfile.split(".")[0], str(tmp_path / "raw"))
     data_dir = str(tmp_path / "tfrecords")
     converted = run_app(
-        "convert", f"--dataset={converter}", f"--data_dir={raw}", f"--output_dir={data_dir}",
-        "--workers=0", "--noprogress",
+        "convert",
+        f"--dataset={converter}",
+        f"--data_dir={raw}",
+        f"--output_dir={data_dir}",
+        "--workers=0",
+        "--noprogress",
     )
     assert converted.returncode == 0, converted.stderr[-3000:]
     result = run_app(
