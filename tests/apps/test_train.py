@@ -239,6 +239,26 @@ def test_a_killed_run_resumes_and_ends_with_the_same_step_count(tmp_path):
     assert json.loads((model_dir / "metrics.json").read_text())["step"] == total
 
 
+@pytest.mark.slow
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_state(tmp_path):
+    model_dir = tmp_path / "run"
+    result = run_app(
+        "train",
+        *tiny_synthetic(str(tmp_path / "data"), train=64, val=8, test=8),
+        f"--model_dir={model_dir}",
+        "--epochs=3",
+        "--lr=1e12",
+        "--backup_every_steps=1",
+    )
+    assert result.returncode == 1
+    assert "the loss became NaN at step" in result.stderr
+    nan_step = int(result.stderr.split("the loss became NaN at step ")[1].split(";")[0])
+    saved = json.loads((model_dir / "backup" / "training_metadata.json").read_text())
+    assert saved["step"] == nan_step - 1
+    assert not (model_dir / "metrics.json").exists()
+    assert not (model_dir / "export").exists()
+
+
 # --- the recipes -------------------------------------------------------------
 
 
