@@ -10,8 +10,8 @@ the evaluators:
   (MaxBoxAccV2, the protocol's headline number);
 - ``max_box_acc``: ``BoxEvaluator`` at IoU 50..90, the largest contour
   (MaxBoxAcc v1, RFGA's table, with mIoU);
-- ``top1_loc``: the largest-contour evaluator at IoU 50 fed only the
-  correctly classified images, so Top-1 Loc = correct class AND IoU >= 0.5;
+- ``top1_loc``: Top-1 Loc = correct class AND IoU >= 0.5 (largest contour),
+  from the same evaluator told which images were classified right;
 - ``pxap`` with ``MaskEvaluator`` where the split has masks;
 - optionally the centre baseline: the same evaluators on a centred isotropic
   Gaussian score map (the protocol's "center-gaussian" baseline; sweeping tau
@@ -93,12 +93,13 @@ def centre_gaussian_scoremaps(batch: int, size: int) -> np.ndarray:
     return np.broadcast_to(gaussian, (batch, size, size))
 
 
-def box_acc_curves(evaluator) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """``(taus, {iou: BoxAcc percent per tau})`` of an evaluator that has seen images."""
-    taus, curves = evaluator.box_acc_curves()
-    return np.asarray(taus, np.float64), {
-        int(k): np.asarray(v, np.float64) for k, v in curves.items()
-    }
+def box_acc_curves(result: dict) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """``(taus, {iou: BoxAcc percent per tau})`` from a ``BoxEvaluator.result()``."""
+    curves = {int(k): np.asarray(v, np.float64) for k, v in result["box_acc_curve"].items()}
+    return np.asarray(result["taus"], np.float64), curves
+
+
+_SCALAR_KEYS = ("max_box_acc", "best_tau", "mean", "miou", "miou_tau")
 
 
 class _Evaluators:
@@ -110,46 +111,41 @@ class _Evaluators:
         self.v2 = metrics.BoxEvaluator(
             iou_thresholds=V2_IOUS, cam_curve_interval=interval, multi_contour=True
         )
+        # Largest contour at 50..90 (RFGA's table); fed whether each image's
+        # class was right, so it also gives Top-1 Loc at IoU 50.
         self.table = metrics.BoxEvaluator(
             iou_thresholds=TABLE_IOUS, cam_curve_interval=interval, multi_contour=False
         )
-        self.top1 = metrics.BoxEvaluator(
-            iou_thresholds=(LOC_IOU,), cam_curve_interval=interval, multi_contour=False
-        )
         self.masks = metrics.MaskEvaluator(cam_curve_interval=interval) if with_masks else None
         self.num_images = 0
-        self.num_correct = 0
 
     def update(self, scoremaps, gt_boxes, correct, masks=None, ignore=None):
         self.v2.update(scoremaps, gt_boxes)
-        self.table.update(scoremaps, gt_boxes)
-        keep = np.flatnonzero(correct)
-        if keep.size:
-            self.top1.update(scoremaps[keep], [gt_boxes[i] for i in keep])
+        self.table.update(scoremaps, gt_boxes, correct=np.asarray(correct, bool))
         if self.masks is not None and masks is not None:
             self.masks.update(scoremaps, masks, ignore)
         self.num_images += len(gt_boxes)
-        self.num_correct += int(keep.size)
 
     def result(self) -> tuple[dict, np.ndarray, dict]:
         v2 = self.v2.result()
         table = self.table.result()
-        taus, v2_curves = box_acc_curves(self.v2)
-        _, table_curves = box_acc_curves(self.table)
-        if self.num_correct:
-            _, top1 = box_acc_curves(self.top1)
-            # The evaluator saw only correct images: rescale to all images.
-            top1 = {k: v * self.num_correct / self.num_images for k, v in top1.items()}
-        else:
-            top1 = {LOC_IOU: np.zeros_like(taus)}
+        taus, v2_curves = box_acc_curves(v2)
+        _, table_curves = box_acc_curves(table)
+        top1 = np.array(
+            [self.table.loc_accuracy(tau, LOC_IOU)["top1_loc"] for tau in taus], np.float64
+        )
         found = {
-            "max_box_acc_v2": _jsonable(v2),
-            "max_box_acc": _jsonable(table),
-            "top1_loc_max": float(np.max(top1[LOC_IOU])),
+            "max_box_acc_v2": _jsonable({k: v2[k] for k in _SCALAR_KEYS}),
+            "max_box_acc": _jsonable({k: table[k] for k in _SCALAR_KEYS}),
+            "top1_loc_max": float(np.max(top1)),
         }
         if self.masks is not None:
             found["pxap"] = float(self.masks.result()["pxap"])
-        curves = {"max_box_acc_v2": v2_curves, "max_box_acc": table_curves, "top1_loc": top1}
+        curves = {
+            "max_box_acc_v2": v2_curves,
+            "max_box_acc": table_curves,
+            "top1_loc": {LOC_IOU: top1},
+        }
         return found, taus, curves
 
 
