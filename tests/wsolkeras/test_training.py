@@ -452,3 +452,17 @@ def test_ensure_dataset_generates_the_synthetic_set_only_when_allowed(tmp_path):
     )
     assert sum(len(b["label"]) for b in evaluation_batches) == 2
     assert {"image", "label", "boxes", "num_boxes"} <= set(evaluation_batches[0])
+
+
+def test_init_weights_copies_a_runs_model_and_refuses_another_shape(tmp_path):
+    source = toy_model(seed=3)
+    source.save(tmp_path / "model.keras")
+    target = toy_model(seed=4)
+    training.init_weights(target, str(tmp_path))  # a --model_dir holding model.keras
+    for a, b in zip(source.get_weights(), target.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    wider = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5)])
+    with pytest.raises(ValueError, match="--init_from"):
+        training.init_weights(wider, str(tmp_path / "model.keras"))
+    with pytest.raises(FileNotFoundError, match="--init_from"):
+        training.init_weights(target, str(tmp_path / "missing"))
