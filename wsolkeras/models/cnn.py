@@ -54,7 +54,7 @@ def last_feature_network(network: keras.Model, source: str) -> keras.Model:
             f"(its output has shape {tuple(network.output.shape)}). Use a convolutional "
             f"backbone, or one of {', '.join(registry.BACKBONES)}."
         )
-    return keras.Model(network.inputs, network.get_layer(candidates[-1]).output)
+    return keras.Model(network.inputs, network.get_layer(candidates[-1]).output, name=network.name)
 
 
 def trace(

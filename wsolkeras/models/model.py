@@ -68,7 +68,12 @@ class WSOLModel(keras.Model):
     Calling it on images ``[B, S, S, 3]`` (normalised as
     ``registry.normalization(backbone)`` says) returns logits
     ``[B, num_classes]``; for ``recurrent`` the fused logits of both streams.
-    See :func:`wsolkeras.models.build` for the arguments.
+    See :func:`wsolkeras.models.build` for the arguments; ``backbone_config``
+    is set by ``get_config`` only (see the module docstring).
+
+    Attributes:
+      backbone_name, method, attention_loss: as given.
+      part_trackers: the ``keras.metrics.Mean`` of each reported loss part.
     """
 
     def __init__(
@@ -124,6 +129,11 @@ class WSOLModel(keras.Model):
                 f"Backbone {backbone!r} is a transformer: use method='vitol' (methods "
                 f"{', '.join(registry.CNN_METHODS)} need a convolutional backbone)."
             )
+        if transformer and image_size % spec.config["patch_size"]:
+            raise ValueError(
+                f"image_size must be a multiple of the patch size {spec.config['patch_size']} "
+                f"for {backbone!r}, got {image_size}."
+            )
         if method == "vitol" and not transformer:
             vits = [name for name, s in registry.BACKBONE_SPECS.items() if s.is_transformer]
             raise ValueError(
@@ -148,19 +158,18 @@ class WSOLModel(keras.Model):
                 )
         adl_drop_rate = _check_number("adl_drop_rate", adl_drop_rate, 0.0, 1.0)
         adl_drop_threshold = _check_number("adl_drop_threshold", adl_drop_threshold, 0.0, 1.0)
+        if isinstance(adl_positions, str):
+            adl_positions = [p.strip() for p in adl_positions.split(",") if p.strip()]
+        if adl_positions is not None:
+            adl_positions = [str(p) for p in adl_positions]
         if method == "adl":
             if adl_positions is None:
-                adl_positions = spec.adl_positions if spec is not None else ()
-            if isinstance(adl_positions, str):
-                adl_positions = [p for p in adl_positions.split(",") if p]
-            adl_positions = [str(p) for p in adl_positions]
+                adl_positions = list(spec.adl_positions) if spec is not None else []
             if not adl_positions:
                 raise ValueError(
                     f"method='adl' needs adl_positions (layer names to put ADL after); "
                     f"backbone {backbone!r} has no default positions."
                 )
-        elif adl_positions is not None:
-            adl_positions = [str(p) for p in adl_positions]
         fusion = tuple(
             _check_number("recurrent_fusion_weights", w, 0.0) for w in recurrent_fusion_weights
         )

@@ -110,3 +110,16 @@ def test_generic_transformer_preset_has_no_feature_map(tiny_preset):
     preset, _ = tiny_preset("vit")
     with pytest.raises(ValueError, match="no 4-D feature map"):
         models.build(preset, "cam", num_classes=3, image_size=32)
+
+
+def test_recurrent_loads_the_preset_into_both_streams(tiny_preset):
+    preset, saved = tiny_preset("resnet")
+    model = models.build(
+        "resnet18", "recurrent", num_classes=3, image_size=64, weights=preset, recurrent_units=8
+    )
+    local = model.get_layer("local_backbone")
+    for name in ("conv1_conv", "stack1_block0_1_conv", "stack3_block1_2_conv"):
+        kernel = saved.get_layer(name).kernel.numpy()
+        np.testing.assert_array_equal(model.get_layer(name).kernel.numpy(), kernel)
+        np.testing.assert_array_equal(local.get_layer(name).kernel.numpy(), kernel)
+    assert model.get_layer(name).kernel is not local.get_layer(name).kernel

@@ -103,6 +103,7 @@ def test_unknown_attention_loss_lists_the_valid_ones():
         ("small_cnn", "vitol", "needs a ViT/DeiT backbone"),
         ("small_cnn", "recurrent", "sharpen_focus' applies to"),
         ("small_cnn", "adl", "needs adl_positions"),
+        ("vit_tiny", "vitol", "multiple of the patch size 16"),
     ],
 )
 def test_combinations_that_do_not_fit(backbone, method, message):
@@ -111,8 +112,9 @@ def test_combinations_that_do_not_fit(backbone, method, message):
         kwargs["attention_loss"] = "sharpen_focus"
     if message == "needs adl_positions":
         kwargs["adl_positions"] = []
+    size = 40 if "patch size" in message else 32
     with pytest.raises(ValueError, match=message):
-        models.build(backbone, method, num_classes=3, image_size=32, **kwargs)
+        models.build(backbone, method, num_classes=3, image_size=size, **kwargs)
 
 
 @pytest.mark.parametrize(
