@@ -96,11 +96,20 @@ def load_preset(
                 f"(it needs config.json, metadata.json and model.weights.h5, as written by "
                 f"Backbone.save_to_preset): {error}"
             ) from error
+        if load_weights:
+            instead = (
+                "Pass --weights=none (weights='none') to start from random weights, or "
+                "--weights=/path/to/preset_dir"
+            )
+        else:  # a generic backbone's config comes from its preset, weights or not
+            instead = (
+                "A generic keras-hub backbone needs its preset even with --weights=none: pass "
+                f"one of {', '.join(registry.BACKBONES)}, or --backbone=/path/to/preset_dir"
+            )
         raise WeightsUnavailableError(
             f"Could not download the keras-hub preset {preset!r} ({what}): "
             f"{type(error).__name__}: {str(error)[:200]}. This machine seems to have no "
-            "network access. Pass --weights=none (weights='none') to start from random "
-            "weights, or --weights=/path/to/preset_dir: a local copy saved with "
+            f"network access. {instead}: a local copy saved with "
             f"keras_hub.models.Backbone.from_preset({preset!r}).save_to_preset(dir) "
             "where the network is reachable."
         ) from error

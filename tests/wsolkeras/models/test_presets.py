@@ -42,6 +42,15 @@ def test_download_errors_become_weights_unavailable(monkeypatch):
         models.build("vgg16", "cam", num_classes=3, image_size=32, weights="imagenet")
 
 
+def test_generic_remote_backbone_offline_says_to_use_a_directory(monkeypatch):
+    def offline(*args, **kwargs):
+        raise requests.exceptions.ConnectionError("Failed to resolve 'www.kaggle.com'")
+
+    monkeypatch.setattr(keras_hub.models.Backbone, "from_preset", offline)
+    with pytest.raises(models.WeightsUnavailableError, match="--backbone=/path/to/preset_dir"):
+        models.build("efficientnet_b0_ra_imagenet", "cam", num_classes=3, image_size=32)
+
+
 def test_no_imagenet_preset_or_weights_are_plain_errors():
     with pytest.raises(ValueError, match="no ImageNet preset for 'vit_tiny'"):
         models.build("vit_tiny", "vitol", num_classes=3, image_size=32, weights="imagenet")
