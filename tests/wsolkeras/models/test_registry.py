@@ -3,7 +3,7 @@
 import keras_hub
 import pytest
 
-from wsolkeras import models
+from wsolkeras import data, models
 from wsolkeras.models import registry
 
 
@@ -48,6 +48,11 @@ def test_imagenet_presets_are_keras_hub_presets():
         models.BACKBONE_SPECS["deit_base"].imagenet_preset
         == "deit_base_distilled_patch16_224_imagenet"
     )
+
+
+def test_normalizations_are_the_pipelines():
+    for name in models.BACKBONES:
+        assert models.normalization(name) in data.NORMALIZATIONS, name
 
 
 def test_normalization_and_default_extractor():
