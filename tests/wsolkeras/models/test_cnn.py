@@ -135,3 +135,32 @@ def test_cam_extractor_finds_the_roles(images):
     expected = np.einsum("bhwk,kb->bhw", features, kernel[:, classes])
     maps = extractors.get("cam", model)(x, classes=classes)
     np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["cam", "adl", "rfga", "recurrent"])
+@pytest.mark.parametrize(
+    ("backbone", "channels"),
+    [("small_cnn", 64), ("resnet18", 512), ("resnet50", 2048), ("vgg16", 1024)],
+)
+def test_every_cnn_backbone_with_every_cnn_method(backbone, channels, method, images):
+    model = models.build(backbone, method, num_classes=3, image_size=32, recurrent_units=8)
+    x = images(32, batch=2)
+    assert model(x).shape == (2, 3)
+    stride = 8 if backbone == "small_cnn" else 16
+    assert model.get_layer(roles.FEATURES).output.shape == (
+        None,
+        32 // stride,
+        32 // stride,
+        channels,
+    )
+    assert model.get_layer(roles.CLASSIFIER).kernel.shape == (channels, 3)
+    assert model.get_layer(roles.INNER_FEATURES) is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["vit_small", "vit_base", "deit_small", "deit_base"])
+def test_larger_transformers_build(backbone, images):
+    model = models.build(backbone, "vitol", num_classes=3, image_size=32)
+    width = models.BACKBONE_SPECS[backbone].config["hidden_dim"]
+    assert model.get_layer(roles.CLASSIFIER).kernel.shape == (width, 3)
+    assert model(images(32, batch=1)).shape == (1, 3)
