@@ -390,11 +390,35 @@ def components(
     # Plateaus and ties leave several basins under one maximum. A basin joined to a
     # higher one (or an equal one with a larger index) by an edge at its own top
     # level is connected to it wherever it exists: point it there (one pointer per
-    # basin, so the trees stay connected at every level) and merge each tree.
+    # basin, so the trees stay connected at every level) and merge each tree. Only
+    # edges at a basin's root block are looked at (a subset is enough).
     sup = np.full(nb, -1, np.int32)
-    for a_, b_ in ((eu, ev), (ev, eu)):
-        up = (ew == vb[a_]) & ((vb[b_] > vb[a_]) | ((vb[b_] == vb[a_]) & (b_ > a_)))
-        np.maximum.at(sup, a_[up], b_[up])
+    ra, rb, rw = [], [], []
+    nroot = roots.size
+    for dy, dx, wt in grid.edges:
+        off = dy * w + dx
+        ry, rx = (roots // w) % h, roots % w
+        fwd = (ry + dy < h) & (rx + dx >= 0) & (rx + dx < w)
+        bwd = (ry - dy >= 0) & (rx - dx >= 0) & (rx - dx < w)
+        flat_w = wt.ravel()
+        for ok, nbr, wgt in (
+            (fwd, roots + off, flat_w[roots]),
+            (bwd, roots - off, flat_w[np.where(bwd, roots - off, roots)]),
+        ):
+            ok = ok & (wgt > 0)
+            ra.append(np.arange(nroot, dtype=np.int32)[ok])
+            rb.append(lab.ravel()[nbr[ok]])
+            rw.append(wgt[ok])
+    if nx_:
+        xs = np.arange(nb - nx_, nb, dtype=np.int32)
+        tail = (eu >= nb - nx_) | (ev >= nb - nx_)
+        ra += [eu[tail], ev[tail]]
+        rb += [ev[tail], eu[tail]]
+        rw += [ew[tail], ew[tail]]
+        del xs
+    ra, rb, rw = np.concatenate(ra), np.concatenate(rb), np.concatenate(rw)
+    up = (rw == vb[ra]) & ((vb[rb] > vb[ra]) | ((vb[rb] == vb[ra]) & (rb > ra)))
+    np.maximum.at(sup, ra[up], rb[up])
     sup = np.where(sup < 0, np.arange(nb, dtype=np.int32), sup)
     while True:
         nxt = sup[sup]
