@@ -395,9 +395,9 @@ def components(
     sup = np.full(nb, -1, np.int32)
     ra, rb, rw = [], [], []
     nroot = roots.size
+    ry, rx = (roots // w) % h, roots % w
     for dy, dx, wt in grid.edges:
         off = dy * w + dx
-        ry, rx = (roots // w) % h, roots % w
         fwd = (ry + dy < h) & (rx + dx >= 0) & (rx + dx < w)
         bwd = (ry - dy >= 0) & (rx - dx >= 0) & (rx - dx < w)
         flat_w = wt.ravel()
@@ -409,13 +409,11 @@ def components(
             ra.append(np.arange(nroot, dtype=np.int32)[ok])
             rb.append(lab.ravel()[nbr[ok]])
             rw.append(wgt[ok])
-    if nx_:
-        xs = np.arange(nb - nx_, nb, dtype=np.int32)
+    if nx_:  # edges of single-pixel basins, both ways
         tail = (eu >= nb - nx_) | (ev >= nb - nx_)
         ra += [eu[tail], ev[tail]]
         rb += [ev[tail], eu[tail]]
         rw += [ew[tail], ew[tail]]
-        del xs
     ra, rb, rw = np.concatenate(ra), np.concatenate(rb), np.concatenate(rw)
     up = (rw == vb[ra]) & ((vb[rb] > vb[ra]) | ((vb[rb] == vb[ra]) & (rb > ra)))
     np.maximum.at(sup, ra[up], rb[up])

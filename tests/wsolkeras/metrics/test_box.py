@@ -242,6 +242,20 @@ def test_aggregation_by_hand():
         assert loc["gt_known_loc"] == 100.0 and loc["top1_loc"] == 50.0
 
 
+def test_loc_accuracy_without_class_information():
+    s = np.zeros((1, 6, 6))
+    s[0, 1, 1] = 1.0  # box (1, 1, 2, 2) at every tau
+    ev = BoxEvaluator((50,), 0.5, False)
+    ev.update(s, [np.array([[1, 1, 2, 3]])])  # IoU 4 / 6
+    loc = ev.loc_accuracy(0.0, iou=50)
+    assert loc == {"tau": 0.0, "iou": 50, "gt_known_loc": 100.0, "top1_loc": None}
+    with pytest.raises(ValueError, match="iou=70"):
+        ev.loc_accuracy(0.0, iou=70)
+    ev.reset()
+    with pytest.raises(ValueError, match="before any update"):
+        ev.result()
+
+
 def test_miou_tau_is_the_smallest_on_ties_and_max_is_per_threshold():
     # one pixel of q = 200 and one of q = 100: tau < 0.5 keeps both, tau >= 0.5 keeps one
     s = np.zeros((6, 6))
