@@ -255,12 +255,14 @@ def _augment(
         }
         # Boxes: pixel p = v * size; in the crop p - offset, clipped to the crop
         # (a box that leaves the crop entirely is dropped), normalised by crop.
+        # The 1e-3 px tolerance absorbs float32 rounding of v * size (70 / 100 * 100
+        # is 69.99999), which would otherwise drop a box whose edge is the crop's.
         pixels = boxes * float(size) - tf.cast(tf.tile(offset, [2]), tf.float32)
         inside = (
-            (pixels[:, 2] >= 0)
-            & (pixels[:, 3] >= 0)
-            & (pixels[:, 0] <= crop - 1)
-            & (pixels[:, 1] <= crop - 1)
+            (pixels[:, 2] >= -1e-3)
+            & (pixels[:, 3] >= -1e-3)
+            & (pixels[:, 0] <= crop - 1 + 1e-3)
+            & (pixels[:, 1] <= crop - 1 + 1e-3)
         )
         pixels = tf.clip_by_value(tf.boolean_mask(pixels, inside), 0.0, float(crop - 1))
         boxes = pixels / float(crop)
