@@ -20,6 +20,17 @@ the evaluators:
 The threshold tau is chosen on one split (:func:`choose_tau`: the best tau of
 MaxBoxAcc at IoU 50, the GT-known Loc threshold) and applied to another with
 :meth:`SplitEvaluation.at_tau` (Top-1 Loc and GT-known Loc).
+
+Localization metrics are computed over the images that have boxes: on every
+split, an image with no ground-truth box (``num_boxes == 0``, e.g. your own
+photos where only a few are boxed) is left out of every localization metric
+(MaxBoxAcc, MaxBoxAccV2, mIoU, Top-1 Loc, GT-known Loc, PxAP) instead of
+counting as a miss; top-1 classification is over all images.
+``num_localization_images`` says how many images the localization metrics
+cover, ``num_images`` how many the classification covers. A split with no
+box at all is an error, or, with ``require_boxes=False``, a classification-only
+evaluation (``classification_only``: top-1 alone; :func:`choose_tau` then
+returns its ``default``).
 """
 
 from __future__ import annotations
@@ -37,6 +48,10 @@ log = logging.getLogger(__name__)
 V2_IOUS = (30, 50, 70)
 TABLE_IOUS = (50, 60, 70, 80, 90)
 LOC_IOU = 50
+LOCALIZATION_RULE = (
+    "localization metrics are computed over the images that have boxes (num_boxes > 0); "
+    "top-1 classification over all images"
+)
 
 
 @dataclasses.dataclass
@@ -56,8 +71,15 @@ class SplitEvaluation:
     examples: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     baseline: dict | None = None
 
+    @property
+    def classification_only(self) -> bool:
+        """True when no image of the split has a box: ``metrics`` holds top-1 alone."""
+        return not self.curves
+
     def at_tau(self, tau: float) -> dict:
         """GT-known Loc and Top-1 Loc (percent, IoU >= 0.5) at ``tau`` chosen elsewhere."""
+        if self.classification_only:
+            raise ValueError(f"the {self.split} split has no box: no localization at a tau")
         index = tau_index(self.taus, tau)
         return {
             "tau": float(tau),
@@ -74,8 +96,17 @@ def tau_index(taus: np.ndarray, tau: float) -> int:
     return int(np.argmin(np.abs(np.asarray(taus) - tau)))
 
 
-def choose_tau(evaluation: SplitEvaluation) -> float:
-    """The tau of the largest-contour MaxBoxAcc at IoU 50 (the GT-known Loc threshold)."""
+def choose_tau(evaluation: SplitEvaluation, default: float | None = None) -> float:
+    """The tau of the largest-contour MaxBoxAcc at IoU 50 (the GT-known Loc threshold).
+
+    For a classification-only evaluation (no box on the split) tau cannot be
+    chosen on data: ``default`` is returned, or a ``ValueError`` raised when
+    there is none.
+    """
+    if evaluation.classification_only:
+        if default is None:
+            raise ValueError(f"the {evaluation.split} split has no box: tau cannot be chosen on it")
+        return float(default)
     return float(evaluation.metrics["max_box_acc"]["best_tau"][str(LOC_IOU)])
 
 
@@ -170,8 +201,12 @@ def evaluate(
     centre_baseline: bool = False,
     num_examples: int = 0,
     max_batches: int | None = None,
+    require_boxes: bool = True,
 ) -> SplitEvaluation:
     """Evaluates ``model`` over ``dataset`` (``wsolkeras.data`` batches, not shuffled).
+
+    Localization metrics are computed over the images that have boxes
+    (``num_boxes > 0``); top-1 classification over all images.
 
     Args:
         model: returns logits ``[B, C]`` for normalised images.
@@ -185,6 +220,9 @@ def evaluate(
         centre_baseline: also evaluate the centre Gaussian baseline.
         num_examples: keep this many first images (image, score map, boxes).
         max_batches: stop after this many batches (None: the whole split).
+        require_boxes: a split with no box at all raises ``ValueError``; False:
+            it gives a classification-only evaluation (top-1 alone), with a
+            logged warning.
     """
     from tfrecords import schema
     from wsolkeras import metrics
@@ -234,9 +272,28 @@ def evaluate(
             examples["label"].extend(labels[keep][:room])
 
     if model_ev is None:
-        raise ValueError(
-            f"the {split} split has no image with a ground-truth box: localization cannot be "
-            "evaluated on it (choose another split with --tau_split)"
+        if require_boxes:
+            raise ValueError(
+                f"the {split} split has no image with a ground-truth box: localization cannot "
+                "be evaluated on it (choose another split with --tau_split)"
+            )
+        log.warning(
+            "%s: no image of the split has a ground-truth box: classification only "
+            "(top-1 over its %d images, no localization metric)",
+            split,
+            total,
+        )
+        return SplitEvaluation(
+            split=split,
+            num_images=total,
+            metrics={
+                "top1": 100.0 * top1_correct / max(total, 1),
+                "num_images": total,
+                "num_localization_images": 0,
+                "classification_only": True,
+            },
+            taus=np.zeros(0),
+            curves={},
         )
     if skipped:
         log.warning(
@@ -246,6 +303,7 @@ def evaluate(
     found["top1"] = 100.0 * top1_correct / max(total, 1)
     found["num_images"] = total
     found["num_localization_images"] = model_ev.num_images
+    found["classification_only"] = False
     baseline = None
     if baseline_ev is not None:
         baseline_metrics, _, baseline_curves = baseline_ev.result()
@@ -270,6 +328,8 @@ def evaluate(
 def headline(evaluation: SplitEvaluation) -> dict:
     """The few numbers a log line or a table row needs (percent)."""
     m = evaluation.metrics
+    if evaluation.classification_only:
+        return {"top1": round(m["top1"], 4), "localization": "none (no box on the split)"}
     out = {
         "top1": m["top1"],
         "max_box_acc_v2": m["max_box_acc_v2"]["mean"],
@@ -298,19 +358,63 @@ def report(
     split when there is one besides ``tau_split``): its MaxBoxAccV2, the
     centre baseline's on the same split with the same evaluator, the margin,
     and Top-1 Loc / GT-known Loc at the tau chosen on ``tau_split``.
+
+    A classification-only split (no box) reports top-1 alone, with a ``note``,
+    and is listed in ``classification_only_splits``; when ``tau_split`` is one,
+    ``tau`` was not chosen on data (``tau_source``: ``"default"``) and
+    ``tau_rule`` says so.
     """
     splits = {}
     for name, found in evaluations.items():
         entry = dict(found.metrics)
+        if found.classification_only:
+            entry["note"] = "no image of this split has a ground-truth box: classification only"
+            splits[name] = entry
+            continue
         entry["at_tau"] = found.at_tau(tau)
         if found.baseline is not None:
             entry["centre_baseline"] = dict(found.baseline["metrics"])
         splits[name] = entry
     report_split = next((s for s in evaluations if s != tau_split), tau_split)
     chosen = splits[report_split]
+    summary = {"split": report_split, "top1_cls": chosen["top1"]}
+    if evaluations[report_split].classification_only:
+        summary["classification_only"] = True
+    else:
+        summary.update(_localization_summary(chosen))
+    tau_from_data = tau_split not in evaluations or not evaluations[tau_split].classification_only
+    if tau_from_data:
+        tau_rule = (
+            f"the threshold of the best MaxBoxAcc (largest contour) at IoU {LOC_IOU / 100} "
+            f"on the {tau_split!r} split"
+        )
+    else:
+        tau_rule = (
+            f"no image of the {tau_split!r} split has a ground-truth box, so tau could not be "
+            f"chosen on data: it is the fixed default {float(tau)} (apps.train --default_tau)"
+        )
+    return {
+        "step": int(step),
+        "tau": float(tau),
+        "tau_split": tau_split,
+        "tau_source": "chosen" if tau_from_data else "default",
+        "tau_rule": tau_rule,
+        "localization_rule": LOCALIZATION_RULE,
+        "classification_only_splits": [s for s, e in evaluations.items() if e.classification_only],
+        "report_split": report_split,
+        "summary": summary,
+        "splits": splits,
+        "config": {
+            k: config[k]
+            for k in ("backbone", "method", "extractor", "dataset", "image_size", "epochs")
+            if config and k in config
+        },
+    }
+
+
+def _localization_summary(chosen: dict) -> dict:
     summary = {
-        "split": report_split,
-        "top1_cls": chosen["top1"],
+        "num_localization_images": chosen["num_localization_images"],
         "max_box_acc_v2": chosen["max_box_acc_v2"]["mean"],
         "max_box_acc_mean_50_90": chosen["max_box_acc"]["mean"],
         "miou": chosen["max_box_acc"]["miou"],
@@ -323,20 +427,4 @@ def report(
         centre = chosen["centre_baseline"]["max_box_acc_v2"]["mean"]
         summary["centre_baseline_max_box_acc_v2"] = centre
         summary["margin_over_centre_baseline"] = summary["max_box_acc_v2"] - centre
-    return {
-        "step": int(step),
-        "tau": float(tau),
-        "tau_split": tau_split,
-        "tau_rule": (
-            f"the threshold of the best MaxBoxAcc (largest contour) at IoU {LOC_IOU / 100} "
-            f"on the {tau_split!r} split"
-        ),
-        "report_split": report_split,
-        "summary": summary,
-        "splits": splits,
-        "config": {
-            k: config[k]
-            for k in ("backbone", "method", "extractor", "dataset", "image_size", "epochs")
-            if config and k in config
-        },
-    }
+    return summary

@@ -140,7 +140,15 @@ def write_evaluation(
     tau: float | None = None,
     max_images: int = 8,
 ) -> None:
-    """Writes one split's evaluation at ``step`` (scalars, curve images, example maps)."""
+    """Writes one split's evaluation at ``step`` (scalars, curve images, example maps).
+
+    A classification-only evaluation (no box on the split) writes top-1 alone.
+    """
+    if evaluation.classification_only:
+        with writer.as_default(step=step):
+            tf.summary.scalar("localization/top1_cls", float(evaluation.metrics["top1"]))
+        writer.flush()
+        return
     at_tau = evaluation.at_tau(tau) if tau is not None else None
     with writer.as_default(step=step):
         for tag, value in scalar_items(evaluation, at_tau).items():

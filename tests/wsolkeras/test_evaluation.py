@@ -127,6 +127,100 @@ def test_images_without_boxes_count_for_top1_only_and_masks_give_pxap():
     np.testing.assert_array_equal(found.examples["gt_boxes"][0], [BOXES[0]])
 
 
+# Five more images with no box, with labels and predictions of their own.
+UNBOXED_IMAGES = np.random.default_rng(1).normal(size=(5, SIZE, SIZE, 3)).astype(np.float32)
+UNBOXED_LABELS = [2, 2, 1, 0, 1]
+UNBOXED_PREDICTED = [2, 0, 1, 0, 0]
+
+
+def half_boxed_batches():
+    """The five boxed images and five unboxed ones, interleaved, over three batches.
+
+    The unboxed images have all-foreground masks and maps that are not their
+    boxes' (they have none): counted as misses, they would change every metric.
+    """
+    normalised = [[y0 / SIZE, x0 / SIZE, y1 / SIZE, x1 / SIZE] for x0, y0, x1, y1 in BOXES]
+    rows = []
+    for i in range(5):
+        rows.append((IMAGES[i], LABELS[i], normalised[i], 1, indicator(BOXES[i])))
+        rows.append((UNBOXED_IMAGES[i], UNBOXED_LABELS[i], [0.0] * 4, 0, np.ones((SIZE, SIZE))))
+    out = []
+    for start, stop in ((0, 4), (4, 7), (7, 10)):
+        chunk = rows[start:stop]
+        out.append(
+            {
+                "image": np.stack([r[0] for r in chunk]),
+                "label": np.array([r[1] for r in chunk], np.int32),
+                "boxes": np.array([[r[2]] for r in chunk], np.float32),
+                "num_boxes": np.array([r[3] for r in chunk], np.int32),
+                "mask": np.stack([r[4] for r in chunk]).astype(np.uint8),
+            }
+        )
+    return out
+
+
+def half_boxed_model(images, training=False):
+    logits = np.zeros((len(images), 3), np.float32)
+    for row, image in enumerate(np.asarray(images)):
+        first = float(image[0, 0, 0])
+        hits = np.flatnonzero(UNBOXED_IMAGES[:, 0, 0, 0] == first)
+        predicted = UNBOXED_PREDICTED[hits[0]] if hits.size else PREDICTED[index_of(image)]
+        logits[row, predicted] = 5.0
+    return logits
+
+
+def half_boxed_extractor(images, classes):
+    maps = []
+    for image in np.asarray(images):
+        if np.any(UNBOXED_IMAGES[:, 0, 0, 0] == float(image[0, 0, 0])):
+            maps.append(indicator((0, 0, SIZE // 2, SIZE // 2)))
+        else:
+            maps.append(fake_extractor(image[None], None)[0])
+    return np.stack(maps)
+
+
+def test_localization_is_computed_over_the_boxed_images_only():
+    mixed = evaluation.evaluate(
+        half_boxed_model,
+        half_boxed_batches(),
+        extractor=half_boxed_extractor,
+        eval_size=SIZE,
+        split="val",
+    )
+    boxed_only = run(with_masks=True)
+    m, b = mixed.metrics, boxed_only.metrics
+    assert m["num_images"] == 10 and m["num_localization_images"] == 5
+    assert not mixed.classification_only and m["classification_only"] is False
+    # Top-1 over all ten images.
+    predicted, labels = PREDICTED + UNBOXED_PREDICTED, LABELS + UNBOXED_LABELS
+    right = sum(p == t for p, t in zip(predicted, labels, strict=True))
+    assert m["top1"] == pytest.approx(100 * right / 10)
+    # Every localization figure equals the boxed half's alone ...
+    for key in ("max_box_acc_v2", "max_box_acc"):
+        for name, value in b[key].items():
+            assert m[key][name] == pytest.approx(value), (key, name)
+    for key in ("top1_loc_max", "pxap"):
+        assert m[key] == pytest.approx(b[key]), key
+    for name, curves in boxed_only.curves.items():
+        for iou, curve in curves.items():
+            np.testing.assert_allclose(mixed.curves[name][iou], curve)
+    assert mixed.at_tau(0.42) == pytest.approx(boxed_only.at_tau(0.42))
+    # ... which is the protocol over five images, not ten (an unboxed image as a miss).
+    ious = [protocol_iou(b) if p else 0.0 for b, p in zip(BOXES, PERFECT, strict=True)]
+    for delta in (30, 50, 70):
+        expected = 100 * np.mean([iou >= delta / 100 for iou in ious])
+        assert m["max_box_acc_v2"]["max_box_acc"][str(delta)] == pytest.approx(expected)
+    # PxAP of the boxed images' masks: the perfect maps' pixels rank above all others.
+    scores = np.stack([fake_extractor(IMAGES[i : i + 1], None)[0] for i in range(5)])
+    truth = np.stack([indicator(box) for box in BOXES]) > 0.5
+    positive = scores > 0.5
+    precision = (positive & truth).sum() / positive.sum()
+    recall = (positive & truth).sum() / truth.sum()
+    base = truth.mean()
+    # Two score levels (0 and 1): PxAP = P(1) * R(1) + base * (1 - R(1)).
+    assert m["pxap"] == pytest.approx(100 * (precision * recall + base * (1 - recall)))
+
+
 def test_centre_gaussian_is_a_centred_disc():
     maps = evaluation.centre_gaussian_scoremaps(2, 64)
     assert maps.shape == (2, 64, 64)
@@ -203,3 +297,60 @@ def test_a_split_without_boxes_says_so():
             eval_size=SIZE,
             split="val",
         )
+
+
+def unboxed_split(labels, predicted):
+    return [
+        {
+            "image": np.zeros((len(labels), SIZE, SIZE, 3), np.float32),
+            "label": np.array(labels, np.int32),
+            "boxes": np.zeros((len(labels), 1, 4), np.float32),
+            "num_boxes": np.zeros(len(labels), np.int32),
+        }
+    ], np.eye(3, dtype=np.float32)[predicted] * 5.0
+
+
+def test_without_boxes_allowed_a_split_is_classification_only_and_tau_is_the_default():
+    data, logits = unboxed_split([0, 1, 2, 1], [0, 1, 1, 1])
+    test = evaluation.evaluate(
+        lambda images, training=False: logits,
+        data,
+        extractor=lambda images, classes: np.zeros((len(images), 4, 4)),
+        eval_size=SIZE,
+        split="test",
+        require_boxes=False,
+    )
+    assert test.classification_only
+    assert test.metrics == {
+        "top1": pytest.approx(75.0),
+        "num_images": 4,
+        "num_localization_images": 0,
+        "classification_only": True,
+    }
+    assert evaluation.choose_tau(test, default=0.3) == 0.3
+    with pytest.raises(ValueError, match="no box"):
+        evaluation.choose_tau(test)
+    with pytest.raises(ValueError, match="no box"):
+        test.at_tau(0.5)
+    assert evaluation.headline(test)["top1"] == pytest.approx(75.0)
+
+    # Boxed val, unboxed test: tau chosen on val, test reported as classification only.
+    val = run()
+    tau = evaluation.choose_tau(val, default=0.3)
+    assert tau == pytest.approx(float(val.metrics["max_box_acc"]["best_tau"]["50"]))
+    found = evaluation.report({"val": val, "test": test}, tau=tau, tau_split="val", step=3)
+    assert found["tau_source"] == "chosen" and "best MaxBoxAcc" in found["tau_rule"]
+    assert found["classification_only_splits"] == ["test"]
+    assert found["localization_rule"] == evaluation.LOCALIZATION_RULE
+    assert found["summary"] == {"split": "test", "top1_cls": 75.0, "classification_only": True}
+    assert "no image of this split has a ground-truth box" in found["splits"]["test"]["note"]
+    assert "at_tau" not in found["splits"]["test"]
+    assert found["splits"]["val"]["num_localization_images"] == 5
+
+    # Unboxed val, boxed test: the default tau, said so; test localized at it.
+    found = evaluation.report({"val": test, "test": val}, tau=0.3, tau_split="val", step=3)
+    assert found["tau"] == 0.3 and found["tau_source"] == "default"
+    assert "could not be chosen" in found["tau_rule"] and "0.3" in found["tau_rule"]
+    assert found["classification_only_splits"] == ["val"]
+    assert found["summary"]["gt_known_loc"] == pytest.approx(val.at_tau(0.3)["gt_known_loc"])
+    assert found["summary"]["num_localization_images"] == 5
