@@ -18,6 +18,14 @@ Writes into --model_dir:
   metrics.json           the final evaluation: tau chosen on --tau_split, the
                          test split at that tau, the centre baseline
   export/<model_name>/<version>/   the SavedModel for TF Serving
+
+Your own photos (apps.convert --dataset=folder) may have boxes for only a few
+images, or none: training needs no box; localization metrics are computed
+over the images that have boxes (top-1 over all); a --tau_split or
+--test_split with no box at all is reported as classification only (a
+warning, and "classification_only_splits" in metrics.json), and with no box
+on --tau_split tau is --default_tau (metrics.json: "tau_source": "default"),
+which the export then uses.
 """
 
 import os
@@ -127,6 +135,12 @@ flags.DEFINE_enum(
     "extractor", "auto", ["auto", *training.EXTRACTORS], "Map extractor; auto: the method's."
 )
 flags.DEFINE_float("cam_curve_interval", 0.01, "Threshold step for the box metrics.")
+flags.DEFINE_float(
+    "default_tau",
+    0.5,
+    "Threshold tau in [0, 1) used when no image of --tau_split has a box, so tau cannot be "
+    "chosen on data (metrics.json then says tau_source: default); the export uses it.",
+)
 flags.DEFINE_integer("num_summary_images", 6, "Validation images shown with maps in TensorBoard.")
 flags.DEFINE_bool("export", True, "Export a SavedModel at the end.")
 flags.DEFINE_string("model_name", "wsol", "Served model name: export/<model_name>/<version>/.")
@@ -201,6 +215,15 @@ def main(argv):
             },
         )
         tau_split = training.resolve_tau_split(manifest, FLAGS.tau_split, FLAGS.test_split)
+        for split in training.splits_without_boxes(manifest, [tau_split, FLAGS.test_split]):
+            logging.warning(
+                "no image of the %r split has a box: it will be evaluated for classification "
+                "only%s",
+                split,
+                f", and tau will be --default_tau={FLAGS.default_tau}"
+                if split == tau_split
+                else "",
+            )
         num_train = training.split_size(manifest, FLAGS.train_split, "--train_split")
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"apps.train: error: {error}") from None
@@ -305,6 +328,7 @@ def main(argv):
             cam_curve_interval=FLAGS.cam_curve_interval,
             centre_baseline=baseline,
             num_examples=FLAGS.num_summary_images,
+            require_boxes=False,
         )
         summaries.write_evaluation(
             writers.get(f"eval_{split}"), step, found, tau=tau, max_images=FLAGS.num_summary_images
@@ -353,12 +377,19 @@ def main(argv):
 
     # --- evaluate: choose tau on --tau_split, report --test_split at it --------
     tau_eval = evaluate_split(tau_split, step, baseline=True)
-    tau = evaluation.choose_tau(tau_eval)
+    tau = evaluation.choose_tau(tau_eval, default=FLAGS.default_tau)
+    if tau_eval.classification_only:
+        logging.warning(
+            "no box on the %r split: tau cannot be chosen on data; using --default_tau=%s",
+            tau_split,
+            tau,
+        )
     reports = {tau_split: tau_eval}
     if FLAGS.test_split in manifest["splits"] and FLAGS.test_split != tau_split:
         reports[FLAGS.test_split] = evaluate_split(FLAGS.test_split, step, baseline=True, tau=tau)
     results = evaluation.report(reports, tau=tau, tau_split=tau_split, step=step, config=config)
     config["tau"] = tau
+    config["tau_source"] = results["tau_source"]
     if chief:
         atomic.write_json(os.path.join(model_dir, "metrics.json"), results)
         training.write_config(model_dir, config)

@@ -27,7 +27,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import keras
 import tensorflow as tf
@@ -436,6 +436,10 @@ def check_config(config: dict) -> None:
         raise ValueError("--cam_curve_interval must be in (0, 1), e.g. 0.01 (100 thresholds)")
     if config.get("keep_checkpoints", 1) < 1:
         raise ValueError("--keep_checkpoints must be at least 1")
+    if not 0 <= config.get("default_tau", 0.5) < 1:
+        raise ValueError(
+            f"--default_tau must be in [0, 1) (a score-map threshold), got {config['default_tau']}"
+        )
 
 
 def fit_verbosity(flag: str) -> int:
@@ -512,6 +516,16 @@ def resolve_tau_split(manifest: dict, tau_split: str, test_split: str) -> str:
         f"--tau_split={tau_split}: the dataset has no such split (or it is empty); it has "
         f"{', '.join(s for s in splits if splits[s]['num_records'])}"
     )
+
+
+def splits_without_boxes(manifest: dict, names: Iterable[str]) -> list[str]:
+    """Those of ``names`` that the dataset has but where no image has a box (manifest counts)."""
+    splits = manifest["splits"]
+    return [
+        name
+        for name in dict.fromkeys(names)
+        if name in splits and splits[name]["num_records"] and int(splits[name]["max_boxes"]) == 0
+    ]
 
 
 def train_dataset(
