@@ -26,3 +26,9 @@ def test_layers_example_builds_a_working_model():
 
 def test_extractor_example_runs():
     exec(_python_blocks()[1], {})  # noqa: S102 -- it asserts the map shape itself
+
+
+def test_metrics_example_runs():
+    namespace: dict = {}
+    exec(_python_blocks()[2], namespace)  # noqa: S102
+    assert 0.0 <= namespace["result"]["mean"] <= 100.0

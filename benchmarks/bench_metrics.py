@@ -1,0 +1,157 @@
+"""Speed and memory of wsolkeras.metrics.BoxEvaluator against the protocol's own loop.
+
+The protocol's reference thresholds every map at every tau with OpenCV
+(``cv2.threshold`` + ``cv2.findContours`` + ``contourArea``/``boundingRect``);
+``protocol_loop`` below is that loop. Both run on the same CAM-like maps (14x14
+normal noise upsampled to 224x224 with the protocol's bicubic and min-max
+normalised), single process, OpenCV single-threaded, and their results are
+checked to agree. Speed is maps per CPU second of this process (the 2 cores are
+shared; wall-clock ratios swing with the other load, which is printed).
+
+Usage (from the repository root):
+    python benchmarks/bench_metrics.py                # full: 10,000 maps for memory
+    python benchmarks/bench_metrics.py --memory_maps 2000 --maps 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from wsolkeras.metrics import BoxEvaluator, cam_to_scoremap  # noqa: E402
+
+
+def cam_like(rng: np.random.Generator, n: int, size: int = 224) -> np.ndarray:
+    return cam_to_scoremap(rng.normal(size=(n, 14, 14)).astype(np.float32), size)
+
+
+def object_boxes(rng: np.random.Generator, n: int, size: int = 224) -> list[np.ndarray]:
+    boxes = []
+    for _ in range(n):
+        w, h = rng.integers(size // 5, size, 2)
+        x0, y0 = rng.integers(0, size - w + 1), rng.integers(0, size - h + 1)
+        boxes.append(np.array([[x0, y0, x0 + w - 1, y0 + h - 1]]))
+    return boxes
+
+
+def protocol_loop(maps, gt_boxes, taus, thresholds, multi_contour):
+    """The protocol's per-tau loop; returns (BoxAcc curves in %, mean-IoU curve)."""
+    correct = {t: np.zeros(len(taus)) for t in thresholds}
+    iou_sum = np.zeros(len(taus))
+    for scoremap, gt in zip(maps, gt_boxes, strict=True):
+        height, width = scoremap.shape
+        q = np.expand_dims((scoremap * 255).astype(np.uint8), 2)
+        best = np.zeros(len(taus))
+        for i, tau in enumerate(taus):
+            _, binary = cv2.threshold(q, int(tau * np.max(q)), 255, cv2.THRESH_BINARY)
+            contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+            if len(contours) == 0:
+                boxes = np.zeros((1, 4), np.int64)
+            else:
+                if not multi_contour:
+                    contours = [max(contours, key=cv2.contourArea)]
+                boxes = []
+                for contour in contours:
+                    x, y, w, h = cv2.boundingRect(contour)
+                    boxes.append([x, y, min(x + w, width - 1), min(y + h, height - 1)])
+                boxes = np.array(boxes)
+            a, b = boxes[:, None, :], gt[None, :, :]
+            iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1
+            ih = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1
+            inter = np.maximum(iw, 0) * np.maximum(ih, 0)
+            area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
+            area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+            best[i] = (inter / (area_a + area_b - inter)).max()
+        for t in thresholds:
+            correct[t] += best >= t / 100
+        iou_sum += best
+    n = len(maps)
+    return {t: c * 100.0 / n for t, c in correct.items()}, iou_sum / n
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--maps", type=int, default=1000, help="maps timed per configuration")
+    parser.add_argument(
+        "--ref_maps",
+        type=int,
+        default=100,
+        help="maps for the protocol loop at step 0.01 (a tenth at 0.001)",
+    )
+    parser.add_argument(
+        "--memory_maps",
+        type=int,
+        default=10000,
+        help="maps streamed through one evaluator for the peak-RSS figure",
+    )
+    parser.add_argument("--batch", type=int, default=64, help="maps per update() call")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    cv2.setNumThreads(1)
+    thresholds = (30, 50, 70)
+    print(f"load average at start: {os.getloadavg()}")
+    # memory first (ru_maxrss is a high-water mark): stream --memory_maps maps through
+    # one evaluator
+    rng = np.random.default_rng(args.seed + 1)
+    ev = BoxEvaluator(thresholds, 0.01, True)
+    before = peak_rss_mb()
+    t0 = time.perf_counter()
+    for start in range(0, args.memory_maps, args.batch):
+        n = min(args.batch, args.memory_maps - start)
+        ev.update(cam_like(rng, n), object_boxes(rng, n))
+    r = ev.result()
+    print(
+        f"memory: {r['count']} maps of 224x224 (V2, tau 0.01) in {time.perf_counter() - t0:.0f} s"
+        f" wall incl. map generation; peak RSS {peak_rss_mb():.0f} MB "
+        f"(before the stream {before:.0f} MB); MaxBoxAccV2 {r['mean']:.2f}"
+    )
+    print(f"{'configuration':26s} {'ours maps/s':>12s} {'loop maps/s':>12s} {'speed-up':>9s}")
+    for interval in (0.01, 0.001):
+        taus = np.arange(0, 1, interval)
+        for multi in (True, False):
+            name = f"{'V2 all contours' if multi else 'V1 largest':16s} tau {interval}"
+            rng = np.random.default_rng(args.seed)
+            # protocol loop on a subset, and ours on the same maps: the numbers must agree
+            n_ref = max(1, args.ref_maps if interval == 0.01 else args.ref_maps // 10)
+            maps, boxes = cam_like(rng, n_ref), object_boxes(rng, n_ref)
+            t0 = time.process_time()
+            ref_curves, ref_miou = protocol_loop(maps, boxes, taus, thresholds, multi)
+            ref_rate = n_ref / (time.process_time() - t0)
+            check = BoxEvaluator(thresholds, interval, multi)
+            check.update(maps, boxes)
+            got = check.result()
+            assert np.abs(got["miou_curve"] - ref_miou).max() < 1e-9, name
+            for t in thresholds:
+                assert np.abs(got["box_acc_curve"][t] - ref_curves[t]).max() < 1e-9, name
+            # ours on --maps maps (map generation not timed)
+            ev = BoxEvaluator(thresholds, interval, multi)
+            spent, done = 0.0, 0
+            while done < args.maps:
+                n = min(args.batch, args.maps - done)
+                maps, boxes = cam_like(rng, n), object_boxes(rng, n)
+                t0 = time.process_time()
+                ev.update(maps, boxes)
+                spent += time.process_time() - t0
+                done += n
+            t0 = time.process_time()
+            ev.result()
+            spent += time.process_time() - t0
+            ours = done / spent
+            print(f"{name:26s} {ours:12.0f} {ref_rate:12.1f} {ours / ref_rate:8.1f}x")
+    print(f"load average at end: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
