@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-pytest.importorskip("wsolkeras.metrics")
-from wsolkeras import evaluation  # noqa: E402
+from wsolkeras import evaluation
 
 SIZE = 32
 # Inclusive pixel boxes (x0, y0, x1, y1) at SIZE, one object per image.

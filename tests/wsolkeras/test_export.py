@@ -11,7 +11,7 @@ import scipy.ndimage
 import tensorflow as tf
 from PIL import Image
 
-from wsolkeras import export
+from wsolkeras import export, models
 
 
 def gaussian(size, cy, cx, sy, sx):
@@ -128,13 +128,11 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    models = pytest.importorskip("wsolkeras.models")
     return models.build(backbone="small_cnn", method="cam", num_classes=4, image_size=32, seed=0)
 
 
 def test_exported_signatures_run_on_png_bytes(tiny_model, tmp_path):
-    metrics = pytest.importorskip("wsolkeras.metrics")
-    from wsolkeras import data, extractors
+    from wsolkeras import data, extractors, metrics
 
     rng = np.random.default_rng(4)
     images = rng.integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)

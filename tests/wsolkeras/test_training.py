@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from wsolkeras import atomic, training
+from wsolkeras import atomic, models, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -339,8 +339,7 @@ def test_logical_cpus_after_start_says_why():
 
 # --- every method under each strategy -----------------------------------------
 
-METHODS = ("cam", "adl", "rfga", "vitol", "recurrent")
-"""The contract's methods (MODELS_API.md); each trains under each strategy below."""
+METHODS = models.METHODS
 
 _TRAIN_EACH_METHOD = """
 import json, sys
@@ -383,7 +382,6 @@ print("RESULTS " + json.dumps(results))
 
 @pytest.fixture(scope="module")
 def trained_each_method():
-    pytest.importorskip("wsolkeras.models")
     runs = {}
     for strategy, cpus in (("one_device", 0), ("mirrored", 2)):
         result = subprocess.run(
