@@ -178,6 +178,11 @@ def predict(model: ExportedModel, request, model_version: int | None = None):
     return response
 
 
+def _is_value(value: Any) -> bool:
+    """A JSON value, not ``{input name: value}`` (``{"b64": ...}`` is a value)."""
+    return not isinstance(value, dict) or set(value) == {"b64"}
+
+
 def _decode_json_value(value: Any) -> Any:
     if isinstance(value, dict) and set(value) == {"b64"}:
         return base64.b64decode(value["b64"])
@@ -212,12 +217,15 @@ def predict_json(model: ExportedModel, body: dict) -> dict:
         rows = body["instances"]
         if not isinstance(rows, list) or not rows:
             raise ValueError('"instances" must be a non-empty list')
-        if len(expected) == 1 and not isinstance(rows[0], dict):
+        if len(expected) == 1 and _is_value(rows[0]):
             rows = [{next(iter(expected)): row} for row in rows]
-        columns = {key: [_decode_json_value(row[key]) for row in rows] for key in expected}
+        keys = set(rows[0]) if isinstance(rows[0], dict) else set()
+        if any(not isinstance(row, dict) or set(row) != keys for row in rows):
+            raise ValueError('every row of "instances" must name the same inputs')
+        columns = {key: [_decode_json_value(row[key]) for row in rows] for key in keys}
     else:
         columns = body["inputs"]
-        if not isinstance(columns, dict):
+        if len(expected) == 1 and _is_value(columns):
             columns = {next(iter(expected)): columns}
         columns = {key: _decode_json_value(value) for key, value in columns.items()}
     if set(columns) != set(expected):
