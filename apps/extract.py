@@ -9,6 +9,7 @@ top-1 class over it and the box predicted at tau; and for all of them
 <output_dir>/predictions.json (written atomically): per image the top-k
 class ids, names and scores, and the box, normalised ([ymin, xmin, ymax,
 xmax]) and in pixels of the original image ([x0, y0, x1, y1], inclusive).
+With --save_maps, also <stem>.npy: the heat map (float32 [S, S] in [0, 1]).
 The computation is the exported model's (the same decoder, resize, maps and
 box rule), from a train run's --model_dir (any --extractor) or a SavedModel.
 
@@ -41,6 +42,9 @@ flags.DEFINE_integer("top_k", 0, "Classes per image (--model_dir only); 0: the r
 flags.DEFINE_string("output_dir", "", "Where the PNGs and predictions.json go (required).")
 flags.DEFINE_integer("batch_size", 16, "Images per model call.")
 flags.DEFINE_bool("overlays", True, "Write the <stem>.png overlays (else predictions.json only).")
+flags.DEFINE_bool(
+    "save_maps", False, "Also write <stem>.npy: the heat map, float32 [S, S] in [0, 1]."
+)
 flags.DEFINE_bool("strict", False, "An unreadable image is an error (else a warning).")
 flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
 
@@ -113,6 +117,7 @@ def main(argv):
             batch_size=FLAGS.batch_size,
             strict=FLAGS.strict,
             overlays=FLAGS.overlays,
+            save_maps=FLAGS.save_maps,
             show_progress=FLAGS.progress,
         )
     except extraction.UnreadableImage as error:

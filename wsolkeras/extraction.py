@@ -6,7 +6,8 @@ size as the SavedModel resizes, and run through the serving computation --
 :class:`wsolkeras.export.Localizer` for a train run, the SavedModel's
 ``serving_images`` signature for an export -- so the answers are the served
 model's. For each image it writes ``<stem>.png`` (the heat map over the image
-and the predicted box) and, for all, one ``predictions.json``.
+and the predicted box), optionally ``<stem>.npy`` (the heat map itself) and,
+for all, one ``predictions.json``.
 
 Boxes: ``normalized`` is ``[ymin, xmin, ymax, xmax]``, inclusive pixel /
 side (``docs/INTERFACES.md``); ``pixels`` is the inclusive ``[x0, y0, x1, y1]``
@@ -183,12 +184,15 @@ def extract(
     batch_size: int = 16,
     strict: bool = False,
     overlays: bool = True,
+    save_maps: bool = False,
     show_progress: bool = False,
 ) -> dict:
     """Runs ``predictor`` on ``paths``; writes the overlays and ``predictions.json``.
 
-    Unreadable files are logged as warnings, counted and listed in the JSON
-    (``unreadable``), or with ``strict`` raise :class:`UnreadableImage`.
+    ``overlays``: ``<stem>.png``; ``save_maps``: ``<stem>.npy``, the heat map
+    (float32 ``[S, S]`` in [0, 1], at the model's input size). Unreadable files
+    are logged as warnings, counted and listed in the JSON (``unreadable``),
+    or with ``strict`` raise :class:`UnreadableImage`.
     Returns what ``predictions.json`` holds.
     """
     from wsolkeras import evaluator, figures
@@ -223,12 +227,16 @@ def extract(
                     "pixels": pixel,
                 },
             }
+            stem = _unique_stem(path, used) if overlays or save_maps else None
             if overlays:
-                name = _unique_stem(path, used) + ".png"
                 label = f"{names[0]} {scores[0]:.2f}"
                 picture = figures.overlay_prediction(image, out["heatmaps"][i], pixel, label=label)
-                _write_png(os.path.join(output_dir, name), picture)
-                record["overlay"] = name
+                _write_png(os.path.join(output_dir, stem + ".png"), picture)
+                record["overlay"] = stem + ".png"
+            if save_maps:
+                with atomic.atomic_path(os.path.join(output_dir, stem + ".npy")) as tmp:
+                    np.save(tmp, np.asarray(out["heatmaps"][i], np.float32))
+                record["heatmap"] = stem + ".npy"
             records.append(record)
         batch.clear()
 

@@ -43,7 +43,11 @@ def test_overlays_and_predictions_for_a_folder(
     model_dir, _ = trained_run
     output_dir = tmp_path / "maps"
     result = run_app(
-        "extract", f"--images={folder}", f"--model_dir={model_dir}", f"--output_dir={output_dir}"
+        "extract",
+        f"--images={folder}",
+        f"--model_dir={model_dir}",
+        f"--output_dir={output_dir}",
+        "--save_maps",
     )
     assert result.returncode == 0, result.stderr[-4000:]
     for bad in ("damaged.jpg", "notes.png"):
@@ -85,9 +89,10 @@ def test_overlays_and_predictions_for_a_folder(
         ]
         assert box["pixels"] == want
         assert 0 <= want[0] <= want[2] < width and 0 <= want[1] <= want[3] < height
-        # The box is the export's rule on the map the reference computes
-        # (the box follows from the served map; maps agree to 1e-4).
-        candidates = largest_component_boxes(expected["heatmaps"][i], run_config["tau"])
+        # The heat map is the model's; the box is the export's rule on it.
+        heatmap = np.load(output_dir / record["heatmap"])
+        np.testing.assert_allclose(heatmap, expected["heatmaps"][i], atol=1e-4)
+        candidates = largest_component_boxes(heatmap, run_config["tau"])
         assert_box_is_one_of(np.array(box["normalized"]), candidates)
 
         with Image.open(output_dir / record["overlay"]) as overlay:
@@ -99,7 +104,9 @@ def test_overlays_and_predictions_for_a_folder(
         overlays.add(record["overlay"])
     # gray.jpg and gray.png (rgb.jpg and rgb.png) share a stem: each its own overlay.
     assert overlays == {"gray.png", "gray-2.png", "rgb.png", "rgb-2.png", "rgba.png"}
-    assert sorted(os.listdir(output_dir)) == sorted([*overlays, "other.png", "predictions.json"])
+    maps = {name.replace(".png", ".npy") for name in [*overlays, "other.png"]}
+    files = {*overlays, "other.png", *maps, "predictions.json"}
+    assert sorted(os.listdir(output_dir)) == sorted(files)
 
 
 def test_the_saved_model_gives_the_same_predictions(folder, trained_run, exported, tmp_path):

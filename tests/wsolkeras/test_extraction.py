@@ -103,7 +103,7 @@ def test_extract_writes_overlays_and_predictions(folder, tmp_path, caplog):
     predictor, calls = fake_predictor()
     paths = extraction.find_images(str(folder)) + [str(folder / "sub" / "d.png")]
     out = tmp_path / "out"
-    found = extraction.extract(predictor, paths, str(out), batch_size=2)
+    found = extraction.extract(predictor, paths, str(out), batch_size=2, save_maps=True)
     assert calls == [(2, 8, 8, 3), (2, 8, 8, 3)], "4 readable images in batches of 2"
     assert found["num_images"] == 4 and found["num_unreadable"] == 1
     assert "broken.png" in found["unreadable"][0]["file"]
@@ -120,8 +120,12 @@ def test_extract_writes_overlays_and_predictions(folder, tmp_path, caplog):
     image = extraction.read_image(str(folder / "a.jpg")).astype(np.float64)
     expected = np.round(255 * (0.5 * image[-1, -1] / 255 + 0.5 * np.array([0, 0, 0.5])))
     np.testing.assert_allclose(pixels[-1, -1], expected, atol=1)
+    heatmap = np.load(out / record["heatmap"])
+    assert record["heatmap"] == "a.npy" and heatmap.dtype == np.float32
+    np.testing.assert_array_equal(heatmap[:4, :4], 1)
+    np.testing.assert_array_equal(heatmap[4:], 0)
     assert sorted(p.name for p in out.iterdir()) == [
-        "a.png", "b.png", "c.png", "d.png", "predictions.json",
+        "a.npy", "a.png", "b.npy", "b.png", "c.npy", "c.png", "d.npy", "d.png", "predictions.json",
     ]  # fmt: skip
 
     with pytest.raises(extraction.UnreadableImage, match="broken.png"):
