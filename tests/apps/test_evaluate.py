@@ -123,12 +123,9 @@ def test_another_extractor_gets_its_own_tau_and_directory(trained_run):
     [
         ([], ["--model_dir", "--saved_model"]),
         (["--model_dir={tmp}/nowhere"], ["--model_dir=", "does not exist"]),
-        (["--model_dir={tmp}"], ["no config.json", "apps.train"]),
         (["--model_dir={run}", "--extractor=gradcamm"], ["--extractor", "gradcam++", "rollout"]),
         (["--model_dir={run}", "--extractor=rollout"], ["--extractor=rollout"]),
         (["--model_dir={run}", "--split=nope"], ["--split=nope", "train", "val", "test"]),
-        (["--saved_model={export}", "--data_dir={data}"], ["--output_dir"]),
-        (["--saved_model={export}", "--output_dir={tmp}/o"], ["--data_dir"]),
         (
             ["--saved_model={export}", "--extractor=gradcam", "--output_dir={tmp}/o"],
             ["a SavedModel gives the heat maps it was exported with (cam)"],
