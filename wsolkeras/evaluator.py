@@ -30,6 +30,9 @@ import tensorflow as tf
 
 from wsolkeras import atomic, evaluation
 
+DEFAULT_TAU = 0.5
+"""apps.train's --default_tau default, for runs whose config.json predates the flag."""
+
 log = logging.getLogger(__name__)
 
 PLOTS = {
@@ -178,6 +181,7 @@ def evaluate_split(
         cam_curve_interval=cam_curve_interval,
         centre_baseline=centre_baseline,
         num_examples=num_examples,
+        require_boxes=False,
     )
 
 
@@ -216,7 +220,10 @@ def evaluate(
         show_progress=show_progress,
     )
     evaluations = {tau_split: evaluate_split(source, data_dir, tau_split, **kwargs)}
-    tau = evaluation.choose_tau(evaluations[tau_split])
+    # As the train app: a tau split with no box falls back to the run's --default_tau.
+    tau = evaluation.choose_tau(
+        evaluations[tau_split], default=source.config.get("default_tau", DEFAULT_TAU)
+    )
     if split != tau_split:
         evaluations[split] = evaluate_split(source, data_dir, split, **kwargs)
     found = evaluation.report(
@@ -246,7 +253,7 @@ def write_outputs(
     - ``metrics.json``: ``found`` (atomically);
     - ``box_acc_vs_tau.png`` (IoU 0.5 to 0.9, largest box) and
       ``box_acc_v2_vs_tau.png`` (IoU 0.3/0.5/0.7, all boxes) for the report
-      split, the chosen tau marked;
+      split, the chosen tau marked (none when that split has no box);
     - ``tensorboard/<split>/``: scalars, curves and example maps per split.
     """
     from wsolkeras import figures, summaries
@@ -256,7 +263,9 @@ def write_outputs(
     step = int(found["step"])
     report = evaluations[found["report_split"]]
     written = {}
-    for key, (name, title) in PLOTS.items():
+    # A classification-only split (no box) has no BoxAcc curve to plot.
+    plots = {} if report.classification_only else PLOTS
+    for key, (name, title) in plots.items():
         path = os.path.join(output_dir, name)
         png = figures.box_acc_plot(
             report.taus, report.curves[key], title=f"{report.split}: {title}", tau=tau
@@ -299,7 +308,11 @@ def summary_lines(found: dict) -> list[str]:
     for key, label in names.items():
         if key in summary and summary[key] is not None:
             lines.append(f"  {label:<36} {summary[key]:8.3f}")
-    table = found["splits"][found["report_split"]]["max_box_acc"]["max_box_acc"]
+    report = found["splits"][found["report_split"]]
+    if report.get("classification_only"):
+        lines.append(f"  {report['note']}")
+        return lines
+    table = report["max_box_acc"]["max_box_acc"]
     lines.append(
         "  MaxBoxAcc at IoU "
         + "  ".join(f"{int(iou) / 100:.1f}: {value:.2f}" for iou, value in table.items())

@@ -168,6 +168,14 @@ def test_train_on_own_photos_chooses_tau_on_the_boxed_val_images(converted, tmp_
     config = json.loads((model_dir / "config.json").read_text())
     assert config["tau"] == metrics["tau"] and config["tau_source"] == "chosen"
 
+    # apps.evaluate on the run follows the same rules: tau from the boxed val
+    # images, the boxless test split reported as classification only.
+    result = run_app("evaluate", f"--model_dir={model_dir}", "--noprogress")
+    assert result.returncode == 0, result.stderr[-4000:]
+    again = json.loads((model_dir / "eval" / "test" / "metrics.json").read_text())
+    assert again["tau"] == metrics["tau"] and again["classification_only_splits"] == ["test"]
+    assert again["splits"]["test"]["top1"] == test["top1"]
+
 
 @pytest.mark.slow
 def test_no_box_on_the_tau_split_falls_back_to_default_tau_and_exports_it(converted, tmp_path):
