@@ -56,6 +56,10 @@ class ADL(keras.layers.Layer):
       training: the maps are applied only when true; otherwise identity.
     """
 
+    # The input's rank and layout; PatchADL, the same rule on tokens, overrides them.
+    input_rank = 4
+    input_layout = "[batch, height, width, channels]"
+
     def __init__(
         self,
         drop_rate: float = 0.75,
@@ -64,13 +68,14 @@ class ADL(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.drop_rate = check_fraction("ADL", "drop_rate", drop_rate)
-        self.drop_threshold = check_fraction("ADL", "drop_threshold", drop_threshold)
+        name = type(self).__name__
+        self.drop_rate = check_fraction(name, "drop_rate", drop_rate)
+        self.drop_threshold = check_fraction(name, "drop_threshold", drop_threshold)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def build(self, input_shape):
-        check_rank("ADL", input_shape, 4, "[batch, height, width, channels]")
+        check_rank(type(self).__name__, input_shape, self.input_rank, self.input_layout)
         self.built = True
 
     def call(self, inputs, training=None):

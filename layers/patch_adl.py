@@ -7,14 +7,12 @@ inference are those of ADL.
 """
 
 import keras
-from keras import ops
 
-from layers._checks import check_fraction, check_rank
-from layers.adl import select_attention_map
+from layers.adl import ADL
 
 
 @keras.saving.register_keras_serializable(package="wsolkeras")
-class PatchADL(keras.layers.Layer):
+class PatchADL(ADL):
     """Patch-based attention dropout on token embeddings `[B, N, D]`.
 
     Args:
@@ -29,6 +27,9 @@ class PatchADL(keras.layers.Layer):
       training: the maps are applied only when true; otherwise identity.
     """
 
+    input_rank = 3
+    input_layout = "[batch, tokens, embedding]"
+
     def __init__(
         self,
         drop_rate: float = 0.75,
@@ -36,29 +37,4 @@ class PatchADL(keras.layers.Layer):
         seed: int | None = None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        self.drop_rate = check_fraction("PatchADL", "drop_rate", drop_rate)
-        self.drop_threshold = check_fraction("PatchADL", "drop_threshold", drop_threshold)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def build(self, input_shape):
-        check_rank("PatchADL", input_shape, 3, "[batch, tokens, embedding]")
-        self.built = True
-
-    def call(self, inputs, training=None):
-        if not training:
-            return inputs
-        attention = ops.mean(inputs, axis=-1, keepdims=True)
-        selected = select_attention_map(
-            attention, self.drop_rate, self.drop_threshold, self.seed_generator
-        )
-        return inputs * selected
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(drop_rate=self.drop_rate, drop_threshold=self.drop_threshold, seed=self.seed)
-        return config
+        super().__init__(drop_rate, drop_threshold, seed, **kwargs)
