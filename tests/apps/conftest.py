@@ -11,7 +11,8 @@ import os
 
 import pytest
 
-from tests.apps.serving_helpers import Reference, run_app
+from tests.apps.app_runner import run_app
+from tests.apps.serving_helpers import Reference
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """Helpers for the evaluate / export / extract app tests (fixtures are in conftest.py).
 
-``run_app`` runs an app as users do; ``sample_images`` are the images every
+``sample_images`` are the images every
 kind of client may send; ``Reference`` computes what a served model must
 answer with the run's Keras model, numpy and OpenCV, independently of
 ``wsolkeras.export``; ``largest_component_boxes`` is the export's box rule
@@ -8,37 +8,9 @@ written with scipy.
 """
 
 import io
-import os
-import subprocess
-import sys
 
 import cv2
 import numpy as np
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def app_environment() -> dict:
-    return dict(
-        os.environ,
-        KERAS_BACKEND="tensorflow",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        PYTHONPATH=ROOT,
-        CUDA_VISIBLE_DEVICES="",
-    )
-
-
-def run_app(app: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python -m apps.<app> <args>`` from the repository root, as users run it."""
-    return subprocess.run(
-        [sys.executable, "-m", f"apps.{app}", *args],
-        cwd=ROOT,
-        env=app_environment(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
 
 # --- images of every kind a client may send ---------------------------------------
 

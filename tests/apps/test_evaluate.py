@@ -14,7 +14,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.apps.serving_helpers import run_app
+from tests.apps.app_runner import run_app
 
 pytestmark = pytest.mark.slow
 

@@ -19,12 +19,11 @@ import sys
 import numpy as np
 import pytest
 
+from tests.apps.app_runner import ROOT, run_app
 from tests.apps.serving_helpers import (
-    ROOT,
     assert_box_is_one_of,
     decode_rgb,
     largest_component_boxes,
-    run_app,
     sample_images,
 )
 

@@ -6,11 +6,11 @@ import os
 import numpy as np
 import pytest
 
+from tests.apps.app_runner import run_app
 from tests.apps.serving_helpers import (
     assert_box_is_one_of,
     decode_rgb,
     largest_component_boxes,
-    run_app,
     sample_images,
 )
 

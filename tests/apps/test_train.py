@@ -12,29 +12,10 @@ import time
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.apps.app_runner import ROOT, run_app
+from tests.apps.app_runner import app_environment as environment
+
 FLAGFILES = ("cub.flags", "aircraft.flags", "dogs.flags", "vitol_cub.flags")
-
-
-def environment() -> dict:
-    return dict(
-        os.environ,
-        KERAS_BACKEND="tensorflow",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        PYTHONPATH=ROOT,
-        CUDA_VISIBLE_DEVICES="",
-    )
-
-
-def run_app(app: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", f"apps.{app}", *args],
-        cwd=ROOT,
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def tiny_synthetic(data_dir: str, train: int = 64, val: int = 16, test: int = 16) -> list[str]:

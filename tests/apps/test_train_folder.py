@@ -10,39 +10,17 @@ and the export uses it.
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.apps.app_runner import run_app
+
 CLASSES = ("circle", "square", "triangle")
 # Images per class in each split folder; boxes for BOXED_PER_CLASS val images of each class.
 PER_SPLIT = {"train": 14, "val": 3, "test": 3}
 BOXED_PER_CLASS = 2
 SIZE = 64
-
-
-def environment() -> dict:
-    return dict(
-        os.environ,
-        KERAS_BACKEND="tensorflow",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        PYTHONPATH=ROOT,
-        CUDA_VISIBLE_DEVICES="",
-    )
-
-
-def run_app(app: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", f"apps.{app}", *args],
-        cwd=ROOT,
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def draw(rng: np.random.Generator, class_name: str) -> tuple[np.ndarray, tuple[int, int, int, int]]:
