@@ -1,0 +1,703 @@
+"""Connected components of every level set of a score map, in one compiled sweep.
+
+The protocol thresholds a quantised map at up to 255 cuts and asks OpenCV for
+the contours of each binary image; redoing the labelling at every cut costs
+cuts x pixels. Here a few passes over the pixels build a small graph from which
+the components of every level come out (``upper_sets``):
+
+* Every row is cut into unimodal pieces ("segments": non-decreasing, then
+  non-increasing). At any level l the pixels ``>= l`` of a segment form one
+  run, so a segment is connected at every level where it is on, with 4- and
+  with 8-connectivity.
+* Every segment not holding a regional maximum links to an "uphill" segment of
+  the row above or below: one touching its maximum m with a pixel ``>= m``, so
+  connected to it at every level where the segment is on. The links form a
+  forest (each goes up in the order (maximum, index)); each tree, a "group",
+  is connected at every level below its root's maximum, and there is about
+  one group per regional maximum.
+* A group's box at every level comes from its segments' maxima per row and its
+  per-column maxima (the first row whose maximum is ``>= l``, and so on).
+* Two groups touch at level l exactly when some pair of adjacent pixels across
+  them is ``>= l``: the highest such level is the weight of the edge between
+  them (found on the few pixels where the group label changes).
+* The components at level l are unions of groups joined by edges of weight
+  ``>= l``: a Kruskal sweep from the top level down emits, at every level asked
+  for, the box of every component with, on request, the highest level at which
+  it holds an image-border pixel (for holes) or twice its bit-quad area (for
+  the largest contour).
+
+``box_ious`` applies it to a batch of quantised maps: foreground components
+(8-connected, ``q > k``) and holes (4-connected components of ``q <= k`` holding
+no border pixel, found by the same sweep on ``k_max + 1 - q``), their boxes as
+OpenCV's contours give them, and the best IoU with the ground-truth boxes at
+every cut. Everything is compiled with numba; per-pixel loops index with
+unsigned integers (numba checks signed indices for wrap-around, which stops
+LLVM from vectorising them).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_JIT = {"cache": True, "nogil": True}
+_U = np.uint64
+
+
+class Workspace:
+    """Scratch arrays for maps of ``h x w`` pixels, reused map after map: the
+    segments of the foreground and background scans (``(first column, last
+    column, value, first and last column at the value, first segment of each
+    row)``), and per-pixel segment and group labels."""
+
+    def __init__(self, h: int, w: int):
+        n = h * w
+
+        def segments():
+            return (
+                np.empty(n, np.int32),
+                np.empty(n, np.int32),
+                np.empty(n, np.uint8),
+                np.empty(n, np.int32),
+                np.empty(n, np.int32),
+                np.empty(h + 1, np.int64),
+            )
+
+        self.fg = segments()
+        self.bg = segments()
+        self.labels = (np.empty(n, np.int32), np.empty(n, np.int32), np.empty(w, np.uint8))
+        self.q = np.empty(n, np.uint8)
+        self.r = np.empty(n, np.uint8)
+
+
+@numba.njit(**_JIT)
+def scan(s, q, fg, bg):
+    """Quantises one map ``s [H, W]`` (floats) as the protocol does, ``q =
+    uint8(s * 255)`` (truncation), into ``q`` (flat), and cuts every row into
+    segments for both sweeps (see ``Workspace`` for ``fg`` and ``bg``).
+
+    Foreground segments are unimodal (non-decreasing, then non-increasing: a new
+    one starts where the row rises after having fallen), with their maximum;
+    background segments the other way round, with their minimum. Returns
+    ``(number of fg segments, of bg segments, min(s), max(s), all finite)``.
+    """
+    fx0, fx1, fv, fpf, fpl, frf = fg
+    bx0, bx1, bv, bpf, bpl, brf = bg
+    h, w = s.shape
+    uw = _U(w)
+    one = _U(1)
+    mn = s[0, 0]
+    mx = s[0, 0]
+    nan = s[0, 0] * 0.0  # NaN once any value is NaN or infinite
+    nf = 0
+    nb = 0
+    for y in range(h):
+        frf[y] = nf
+        brf[y] = nb
+        base = _U(y) * uw
+        row = s[y]
+        val = row[0]
+        mn = min(mn, val)
+        mx = max(mx, val)
+        nan += val * 0.0
+        prev = np.uint8(min(max(np.float64(val) * 255.0, 0.0), 255.0))
+        q[base] = prev
+        f_start, f_falling, f_top, f_pf, f_pl = _U(0), False, prev, _U(0), _U(0)
+        b_start, b_rising, b_bot, b_pf, b_pl = _U(0), False, prev, _U(0), _U(0)
+        for x in range(one, uw):
+            val = row[x]
+            mn = min(mn, val)
+            mx = max(mx, val)
+            nan += val * 0.0
+            a = np.uint8(min(max(np.float64(val) * 255.0, 0.0), 255.0))
+            q[base + x] = a
+            if a > prev:
+                if f_falling:
+                    fx0[nf], fx1[nf], fv[nf], fpf[nf], fpl[nf] = f_start, x - one, f_top, f_pf, f_pl
+                    nf += 1
+                    f_start = x
+                    f_falling = False
+                f_top, f_pf, f_pl = a, x, x
+                b_rising = True
+            elif a < prev:
+                f_falling = True
+                if b_rising:
+                    bx0[nb], bx1[nb], bv[nb], bpf[nb], bpl[nb] = b_start, x - one, b_bot, b_pf, b_pl
+                    nb += 1
+                    b_start = x
+                    b_rising = False
+                b_bot, b_pf, b_pl = a, x, x
+            else:  # plateaus extend the top (bottom) while not yet falling (rising)
+                if not f_falling:
+                    f_pl = x
+                if not b_rising:
+                    b_pl = x
+            prev = a
+        fx0[nf], fx1[nf], fv[nf], fpf[nf], fpl[nf] = f_start, uw - one, f_top, f_pf, f_pl
+        nf += 1
+        bx0[nb], bx1[nb], bv[nb], bpf[nb], bpl[nb] = b_start, uw - one, b_bot, b_pf, b_pl
+        nb += 1
+    frf[h] = nf
+    brf[h] = nb
+    return nf, nb, mn, mx, nan == 0.0
+
+
+@numba.njit(**_JIT)
+def _label_segments(h, w, sx0, sx1, row_first, segid):
+    """The segment of every pixel."""
+    uw = _U(w)
+    for y in range(h):
+        base = _U(y) * uw
+        for s in range(row_first[y], row_first[y + 1]):
+            sid = np.int32(s)
+            for x in range(base + _U(sx0[s]), base + _U(sx1[s]) + _U(1)):
+                segid[x] = sid
+
+
+@numba.njit(**_JIT)
+def _find(parent, a):
+    while parent[a] != a:
+        parent[a] = parent[parent[a]]
+        a = parent[a]
+    return a
+
+
+@numba.njit(**_JIT)
+def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, segid, lab, ns):
+    """Links every segment to an uphill segment (see the module docstring) and
+    labels the trees. Returns the group of each segment (-1: never on), the
+    number of groups and their maxima, and fills ``lab`` (group of each pixel).
+
+    The uphill segment of s is looked for next to its top plateau in the rows
+    above and below; a link s -> t needs a pixel >= m (s's maximum) of t touching
+    a pixel of s at m, and (max(t), t) > (m, s) so that links never cycle.
+    """
+    up = np.full(ns, -1, np.int64)
+    for y in range(h):
+        for s in range(row_first[y], row_first[y + 1]):
+            m = sv[s]
+            if m == 0:
+                continue
+            best = -1
+            best_a = np.uint8(0)
+            lo = max(np.int64(spf[s]) - d, 0)
+            hi = min(np.int64(spl[s]) + d, w - 1)
+            for yy in range(max(y - 1, 0), min(y + 1, h - 1) + 1, 2 if 0 < y < h - 1 else 1):
+                if yy == y:
+                    continue
+                base = yy * w
+                for x in range(lo, hi + 1):
+                    a = v[base + x]
+                    if a < m or a <= best_a:
+                        continue
+                    t = np.int64(segid[base + x])
+                    if a > m or sv[t] > m or t > s:
+                        best, best_a = t, a
+            up[s] = best
+    grp = np.full(ns, -2, np.int64)
+    stack = np.empty(ns, np.int64)
+    ng = 0
+    for s in range(ns):
+        if sv[s] == 0:
+            grp[s] = -1
+    for s in range(ns):
+        if grp[s] != -2:
+            continue
+        top = 0
+        r = s
+        while grp[r] == -2 and up[r] >= 0:
+            stack[top] = r
+            top += 1
+            r = up[r]
+        if grp[r] == -2:
+            grp[r] = ng
+            ng += 1
+        g = grp[r]
+        for i in range(top):
+            grp[stack[i]] = g
+    gmax = np.zeros(ng, np.int64)
+    uw = _U(w)
+    for y in range(h):
+        base = _U(y) * uw
+        for s in range(row_first[y], row_first[y + 1]):
+            g = grp[s]
+            if g >= 0:
+                gmax[g] = max(gmax[g], np.int64(sv[s]))
+            gl = np.int32(g)
+            for x in range(base + _U(sx0[s]), base + _U(sx1[s]) + _U(1)):
+                lab[x] = gl
+    return grp, ng, gmax
+
+
+@numba.njit(**_JIT)
+def _group_boxes(v, h, w, sx0, sx1, sv, row_first, grp, ng, off):
+    """Per group and level (index ``off[g] + l - 1``): first and last row and
+    column holding a pixel ``>= l`` (rows from the segments' maxima, columns from
+    the group's per-column maxima)."""
+    tot = off[ng]
+    gy0 = np.empty(tot, np.int32)
+    gy1 = np.empty(tot, np.int32)
+    gx0 = np.empty(tot, np.int32)
+    gx1 = np.empty(tot, np.int32)
+    best = np.zeros(ng, np.int64)
+    for y in range(h):
+        for s in range(row_first[y], row_first[y + 1]):
+            g = grp[s]
+            if g >= 0 and sv[s] > best[g]:
+                o = off[g] - 1
+                for lev in range(best[g] + 1, sv[s] + 1):
+                    gy0[o + lev] = y
+                best[g] = sv[s]
+    best[:] = 0
+    for y in range(h - 1, -1, -1):
+        for s in range(row_first[y], row_first[y + 1]):
+            g = grp[s]
+            if g >= 0 and sv[s] > best[g]:
+                o = off[g] - 1
+                for lev in range(best[g] + 1, sv[s] + 1):
+                    gy1[o + lev] = y
+                best[g] = sv[s]
+    uw = _U(w)
+    colmax = np.zeros(ng * w, np.uint8)
+    gxa = np.full(ng, w, np.int64)
+    gxb = np.full(ng, -1, np.int64)
+    for y in range(h):
+        base = _U(y) * uw
+        for s in range(row_first[y], row_first[y + 1]):
+            g = grp[s]
+            if g < 0:
+                continue
+            s0, s1 = _U(sx0[s]), _U(sx1[s])
+            gxa[g] = min(gxa[g], np.int64(s0))
+            gxb[g] = max(gxb[g], np.int64(s1))
+            cb = _U(g) * uw
+            for x in range(s0, s1 + _U(1)):
+                colmax[cb + x] = max(colmax[cb + x], v[base + x])
+    for g in range(ng):
+        cb = g * w
+        o = off[g] - 1
+        top = 0
+        for x in range(gxa[g], gxb[g] + 1):
+            c = colmax[cb + x]
+            if c > top:
+                for lev in range(top + 1, c + 1):
+                    gx0[o + lev] = x
+                top = c
+        top = 0
+        for x in range(gxb[g], gxa[g] - 1, -1):
+            c = colmax[cb + x]
+            if c > top:
+                for lev in range(top + 1, c + 1):
+                    gx1[o + lev] = x
+                top = c
+    return gy0, gy1, gx0, gx1
+
+
+@numba.njit(**_JIT)
+def _group_edges(v, h, w, diag, lab, flags, ng):
+    """The highest level at which each pair of touching groups touch, as
+    ``(g1, g2, weight)`` arrays sorted by decreasing weight."""
+    dense = ng <= 256
+    pair = np.zeros(ng * ng if dense else 0, np.uint8)
+    # sparse case (many groups, e.g. noise): every touching pixel pair, at most
+    # 4 per pixel
+    edges = np.empty((0 if dense else 4 * h * w, 3), np.int64)
+    ne = 0
+    uw = _U(w)
+    one = _U(1)
+    offs = np.empty(4, np.int64)
+    for y in range(h):
+        b0 = _U(y) * uw
+        last = y == h - 1
+        b1 = b0 + (_U(0) if last else uw)
+        # flags[x]: pixel (y, x) and its right or lower neighbours differ in group
+        if diag and not last:
+            for x in range(one, uw - one):
+                p = b0 + x
+                a = lab[p]
+                flags[x] = np.uint8(
+                    (a != lab[p + one])
+                    | (a != lab[b1 + x])
+                    | (a != lab[b1 + x - one])
+                    | (a != lab[b1 + x + one])
+                )
+        else:
+            for x in range(one, uw - one):
+                p = b0 + x
+                a = lab[p]
+                flags[x] = np.uint8((a != lab[p + one]) | (a != lab[b1 + x]))
+        flags[0] = 1
+        flags[w - 1] = 1
+        for xi in range(w):
+            if flags[xi] == 0:
+                continue
+            p = np.int64(b0) + xi
+            g = np.int64(lab[p])
+            if g < 0:
+                continue
+            no = 0
+            if xi + 1 < w:
+                offs[no] = p + 1
+                no += 1
+            if not last:
+                offs[no] = p + w
+                no += 1
+                if diag and xi > 0:
+                    offs[no] = p + w - 1
+                    no += 1
+                if diag and xi + 1 < w:
+                    offs[no] = p + w + 1
+                    no += 1
+            for k in range(no):
+                q = offs[k]
+                gq = np.int64(lab[q])
+                if gq < 0 or gq == g:
+                    continue
+                wt = min(v[p], v[q])
+                if wt == 0:
+                    continue
+                ga, gb = min(g, gq), max(g, gq)
+                if dense:
+                    i = ga * ng + gb
+                    pair[i] = max(pair[i], wt)
+                else:
+                    edges[ne, 0] = ga
+                    edges[ne, 1] = gb
+                    edges[ne, 2] = wt
+                    ne += 1
+    if dense:
+        ne = 0
+        for i in range(ng * ng):
+            if pair[i] != 0:
+                ne += 1
+        edges = np.empty((ne, 3), np.int64)
+        ne = 0
+        for i in range(ng * ng):
+            if pair[i] != 0:
+                edges[ne, 0] = i // ng
+                edges[ne, 1] = i % ng
+                edges[ne, 2] = pair[i]
+                ne += 1
+    # by decreasing weight (counting sort)
+    pos = np.zeros(257, np.int64)
+    for e in range(ne):
+        pos[256 - edges[e, 2]] += 1
+    for i in range(1, 257):
+        pos[i] += pos[i - 1]
+    ea = np.empty(ne, np.int64)
+    eb = np.empty(ne, np.int64)
+    ew = np.empty(ne, np.int64)
+    for e in range(ne):
+        i = 255 - edges[e, 2]
+        j = pos[i]
+        pos[i] += 1
+        ea[j] = edges[e, 0]
+        eb[j] = edges[e, 1]
+        ew[j] = edges[e, 2]
+    return ea, eb, ew
+
+
+@numba.njit(**_JIT)
+def _group_areas(v, h, w, lab, off, out):
+    """Twice the bit-quad area of each group's pixels ``>= l``, at every level
+    (``out[off[g] + l - 1]``).
+
+    A 2x2 cell of pixels with 4 corners on adds 2 (halves), with 3 corners 1:
+    its two lowest corners s1 <= s2 make it add 1 at levels <= s2 and 1 more at
+    levels <= s1. All on corners of such a cell are 8-connected, so the cell
+    belongs to the component of its highest corner (on whenever it counts).
+    """
+    uw = _U(w)
+    one = _U(1)
+    for y in range(h - 1):
+        p0 = _U(y) * uw
+        p1 = p0 + uw
+        for x in range(uw - one):
+            a, b = v[p0 + x], v[p0 + x + one]
+            c, d = v[p1 + x], v[p1 + x + one]
+            lo1, hi1 = min(a, b), max(a, b)
+            lo2, hi2 = min(c, d), max(c, d)
+            s2 = min(max(lo1, lo2), min(hi1, hi2))
+            if s2 == 0:
+                continue
+            s1 = min(lo1, lo2)
+            if hi1 >= hi2:
+                owner = p0 + x if a >= b else p0 + x + one
+            else:
+                owner = p1 + x if c >= d else p1 + x + one
+            o = off[lab[owner]] - 1
+            out[o + s2] += 1
+            if s1 != 0:
+                out[o + s1] += 1
+    # events at level s count at every level <= s: suffix sums per group
+    for g in range(off.size - 1):
+        acc = 0
+        for i in range(off[g + 1] - 1, off[g] - 1, -1):
+            acc += out[i]
+            out[i] = acc
+
+
+@numba.njit(**_JIT)
+def _sweep_levels(need, ng, gmax, off, ea, eb, ew, gx0, gy0, gx1, gy1, gaux, gbrd, aux_kind):
+    """Kruskal sweep from the top level down over the edges between groups,
+    emitting every component at every level asked for (see ``upper_sets``).
+
+    When two components meet at level wt, the one with the higher maximum
+    absorbs the other's tables at levels <= wt (its own levels above wt stay its
+    own), so the work per level is one record per component.
+    """
+    nlev = need.size  # levels 0 .. nlev - 1
+    ne = ea.size
+    gorder = np.argsort(-gmax, kind="mergesort")
+    need_le = np.zeros(nlev, np.int64)
+    for lev in range(1, nlev):
+        need_le[lev] = need_le[lev - 1] + (1 if need[lev] else 0)
+    cap_r = 0
+    for g in range(ng):
+        cap_r += need_le[min(gmax[g], nlev - 1)]
+    r_x0 = np.empty(cap_r, np.int32)
+    r_y0 = np.empty(cap_r, np.int32)
+    r_x1 = np.empty(cap_r, np.int32)
+    r_y1 = np.empty(cap_r, np.int32)
+    r_aux = np.empty(cap_r, np.int64)
+    level_start = np.zeros(nlev + 1, np.int64)
+    uf = np.arange(ng, dtype=np.int64)
+    alive = np.empty(ng, np.int64)  # roots of the components (lazily cleaned)
+    nalive = 0
+    nr = 0
+    na = 0
+    ei = 0
+    for lev in range(nlev - 1, 0, -1):
+        level_start[lev + 1] = nr
+        while na < ng and gmax[gorder[na]] >= lev:
+            alive[nalive] = gorder[na]
+            nalive += 1
+            na += 1
+        while ei < ne and ew[ei] >= lev:
+            ra, rb = _find(uf, ea[ei]), _find(uf, eb[ei])
+            wt = _U(ew[ei])
+            ei += 1
+            if ra == rb:
+                continue
+            if gmax[rb] > gmax[ra] or (gmax[rb] == gmax[ra] and rb < ra):
+                ra, rb = rb, ra
+            uf[rb] = ra  # ra absorbs rb
+            oa, ob = _U(off[ra]), _U(off[rb])
+            for i in range(wt):
+                gx0[oa + i] = min(gx0[oa + i], gx0[ob + i])
+                gy0[oa + i] = min(gy0[oa + i], gy0[ob + i])
+                gx1[oa + i] = max(gx1[oa + i], gx1[ob + i])
+                gy1[oa + i] = max(gy1[oa + i], gy1[ob + i])
+            if aux_kind == 1:
+                for i in range(wt):
+                    gaux[oa + i] += gaux[ob + i]
+            elif aux_kind == 2:
+                gbrd[ra] = max(gbrd[ra], gbrd[rb])
+        if not need[lev]:
+            continue
+        j = 0
+        for i in range(nalive):
+            g = alive[i]
+            if uf[g] != g:
+                continue
+            alive[j] = g
+            j += 1
+            k = off[g] + lev - 1
+            r_x0[nr] = gx0[k]
+            r_y0[nr] = gy0[k]
+            r_x1[nr] = gx1[k]
+            r_y1[nr] = gy1[k]
+            if aux_kind == 1:
+                r_aux[nr] = gaux[k]
+            elif aux_kind == 2:
+                r_aux[nr] = gbrd[g]
+            else:
+                r_aux[nr] = 0
+            nr += 1
+        nalive = j
+    level_start[1] = nr
+    level_start[0] = nr
+    return r_x0[:nr], r_y0[:nr], r_x1[:nr], r_y1[:nr], r_aux[:nr], level_start
+
+
+@numba.njit(**_JIT)
+def upper_sets(v, h, w, conn, need, want_area, want_border, segs, ns, labels):
+    """Components of ``v >= l`` (``v`` flat ``h * w`` uint8) at every level l with
+    ``need[l]`` (``need`` bool, indexed by level, ``need[0]`` unused), with 4- or
+    8-connectivity (``conn``). ``segs`` holds the ``ns`` unimodal segments of
+    ``v`` (from ``scan``), ``labels`` is ``Workspace.labels``.
+
+    Returns ``(x0, y0, x1, y1, aux, level_start)``: one record per (level,
+    component), levels in decreasing order; the records of level l are
+    ``level_start[l + 1] : level_start[l]`` (``level_start`` has ``len(need) + 1``
+    entries). ``aux`` is twice the bit-quad area of the component's pixels
+    (``want_area``), the highest level at which the component holds a pixel of
+    the image border (``want_border``), or 0.
+    """
+    sx0, sx1, sv, spf, spl, row_first = segs
+    segid, lab, flags = labels
+    _label_segments(h, w, sx0, sx1, row_first, segid)
+    diag = conn == 8
+    d = 1 if diag else 0
+    grp, ng, gmax = _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, segid, lab, ns)
+    off = np.empty(ng + 1, np.int64)
+    off[0] = 0
+    for g in range(ng):
+        off[g + 1] = off[g] + gmax[g]
+    gy0, gy1, gx0, gx1 = _group_boxes(v, h, w, sx0, sx1, sv, row_first, grp, ng, off)
+    ea, eb, ew = _group_edges(v, h, w, diag, lab, flags, ng)
+    gaux = np.zeros(off[ng] if want_area else 0, np.int64)
+    gbrd = np.zeros(ng if want_border else 0, np.int64)
+    if want_border:
+        for y in range(h):
+            for s in range(row_first[y], row_first[y + 1]):
+                g = grp[s]
+                if g < 0:
+                    continue
+                if y == 0 or y == h - 1:
+                    bv = np.int64(sv[s])
+                else:
+                    bv = 0
+                    if sx0[s] == 0:
+                        bv = np.int64(v[y * w])
+                    if sx1[s] == w - 1:
+                        bv = max(bv, np.int64(v[y * w + w - 1]))
+                gbrd[g] = max(gbrd[g], bv)
+    if want_area:
+        _group_areas(v, h, w, lab, off, gaux)
+    aux_kind = 1 if want_area else (2 if want_border else 0)
+    return _sweep_levels(need, ng, gmax, off, ea, eb, ew, gx0, gy0, gx1, gy1, gaux, gbrd, aux_kind)
+
+
+@numba.njit(**_JIT)
+def _best_iou(x0, y0, x1, y1, gt, g0, g1):
+    """Best inclusive-pixel IoU of box (x0, y0, x1, y1) with ``gt[g0:g1]``."""
+    best = 0.0
+    area = (x1 - x0 + 1) * (y1 - y0 + 1)
+    for j in range(g0, g1):
+        iw = min(x1, gt[j, 2]) - max(x0, gt[j, 0]) + 1
+        ih = min(y1, gt[j, 3]) - max(y0, gt[j, 1]) + 1
+        inter = max(iw, 0) * max(ih, 0)
+        union = area + (gt[j, 2] - gt[j, 0] + 1) * (gt[j, 3] - gt[j, 1] + 1) - inter
+        if union > 0:
+            best = max(best, inter / union)
+    return best
+
+
+@numba.njit(**_JIT)
+def box_ious(maps, gt, gt_first, need_tab, multi_contour, iou_k, amb, stats, q, fg, bg, labels, r):
+    """The protocol's best IoU at every cut, for a batch of score maps.
+
+    Args:
+      maps: ``[B, H, W]`` floats (C-contiguous).
+      gt, gt_first: ``gt[gt_first[i]:gt_first[i + 1]]`` are map i's int64
+        ground-truth boxes.
+      need_tab: ``need_tab[m, k]``: cut k is used when ``max(q) = m``.
+      multi_contour: every contour (MaxBoxAccV2) or the largest one.
+      iou_k: ``[B, 256]`` out: ``iou_k[i, k]`` best IoU of map i at cut k (for
+        the cuts asked for).
+      amb: ``[B * 256, 2]`` out: (map, cut) pairs where the largest contour is not
+        certain (left at -1 in ``iou_k``); the count is returned.
+      stats: ``[B, 3]`` out: each map's minimum, maximum and whether it is all
+        finite. Maps with a non-finite value and constant maps are evaluated as
+        zeros (as the protocol's normalisation makes them).
+      q: ``[B, H, W]`` uint8 out: the quantised maps (zeros for those).
+      fg, bg, labels, r: scratch (``Workspace``).
+    """
+    bsz, h, w = maps.shape
+    n = h * w
+    namb = 0
+    for i in range(bsz):
+        v = q[i].ravel()
+        nf, nb, mn, mx, finite = scan(maps[i], v, fg, bg)
+        stats[i, 0] = mn
+        stats[i, 1] = mx
+        stats[i, 2] = 1.0 if finite else 0.0
+        qmax = 0
+        if finite and mn != mx:
+            for j in range(nf):
+                qmax = max(qmax, np.int64(fg[2][j]))
+        g0, g1 = gt_first[i], gt_first[i + 1]
+        if qmax == 0:  # no contour at any cut: the box is (0, 0, 0, 0)
+            v[:] = 0
+            iou_k[i, 0] = _best_iou(0, 0, 0, 0, gt, g0, g1)
+            continue
+        need_k = need_tab[qmax]
+        kmax = 0
+        for k in range(qmax):
+            if need_k[k]:
+                kmax = k
+        # foreground q > k: level l = k + 1 of q
+        need_fg = np.zeros(kmax + 2, np.bool_)
+        # background q <= k: level kmax + 1 - k of r = kmax + 1 - q (0 where q > kmax)
+        need_bg = np.zeros(kmax + 2, np.bool_)
+        for k in range(kmax + 1):
+            need_fg[k + 1] = need_k[k]
+            need_bg[kmax + 1 - k] = need_k[k]
+        top = np.uint8(kmax + 1)
+        for p in range(n):
+            a = v[p]
+            r[p] = top - a if a < top else 0
+        bval = bg[2]
+        for j in range(nb):
+            a = bval[j]  # the segment's minimum of q: its maximum of r
+            bval[j] = top - a if a < top else 0
+        f_x0, f_y0, f_x1, f_y1, f_aux, f_start = upper_sets(
+            v, h, w, 8, need_fg, not multi_contour, False, fg, nf, labels
+        )
+        b_x0, b_y0, b_x1, b_y1, b_aux, b_start = upper_sets(
+            r, h, w, 4, need_bg, False, True, bg, nb, labels
+        )
+        for k in range(kmax + 1):
+            if not need_k[k]:
+                continue
+            lf = k + 1
+            lb = kmax + 1 - k
+            fa, fb = f_start[lf + 1], f_start[lf]
+            ha, hb = b_start[lb + 1], b_start[lb]
+            if multi_contour:
+                best = 0.0
+                for j in range(fa, fb):
+                    x1 = min(f_x1[j] + 1, w - 1)
+                    y1 = min(f_y1[j] + 1, h - 1)
+                    best = max(best, _best_iou(f_x0[j], f_y0[j], x1, y1, gt, g0, g1))
+                for j in range(ha, hb):
+                    if b_aux[j] >= lb:
+                        continue  # touches the image border: not a hole
+                    x1 = min(b_x1[j] + 2, w - 1)
+                    y1 = min(b_y1[j] + 2, h - 1)
+                    best = max(best, _best_iou(b_x0[j] - 1, b_y0[j] - 1, x1, y1, gt, g0, g1))
+                iou_k[i, k] = best
+            else:
+                # largest contour: by unfilled area, unless a rival's holes could
+                # make it larger (filling a hole adds at most 2 per cell of the
+                # hole's box grown by one; hole contours never beat their parent)
+                jb = fa
+                for j in range(fa + 1, fb):
+                    if f_aux[j] > f_aux[jb]:
+                        jb = j
+                rival = -1
+                for j in range(fa, fb):
+                    if j == jb:
+                        continue
+                    bound = f_aux[j]
+                    for m in range(ha, hb):
+                        if (
+                            b_aux[m] < lb
+                            and f_x0[j] < b_x0[m]
+                            and f_y0[j] < b_y0[m]
+                            and f_x1[j] > b_x1[m]
+                            and f_y1[j] > b_y1[m]
+                        ):
+                            bound += 2 * (b_x1[m] - b_x0[m] + 2) * (b_y1[m] - b_y0[m] + 2)
+                    rival = max(rival, bound)
+                if rival < f_aux[jb]:
+                    x1 = min(f_x1[jb] + 1, w - 1)
+                    y1 = min(f_y1[jb] + 1, h - 1)
+                    iou_k[i, k] = _best_iou(f_x0[jb], f_y0[jb], x1, y1, gt, g0, g1)
+                else:
+                    iou_k[i, k] = -1.0
+                    amb[namb, 0] = i
+                    amb[namb, 1] = k
+                    namb += 1
+    return namb
