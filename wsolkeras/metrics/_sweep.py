@@ -48,7 +48,7 @@ class Workspace:
     """Scratch arrays for maps of ``h x w`` pixels, reused map after map: the
     segments of the foreground and background scans (``(first column, last
     column, value, first and last column at the value, first segment of each
-    row)``), and per-pixel segment and group labels."""
+    row)``), the group of each pixel and a row of flags."""
 
     def __init__(self, h: int, w: int):
         n = h * w
@@ -65,7 +65,7 @@ class Workspace:
 
         self.fg = segments()
         self.bg = segments()
-        self.labels = (np.empty(n, np.int32), np.empty(n, np.int32), np.empty(w, np.uint8))
+        self.labels = (np.empty(n, np.int32), np.empty(w, np.uint8))
         self.q = np.empty(n, np.uint8)
         self.r = np.empty(n, np.uint8)
 
@@ -143,18 +143,6 @@ def scan(s, q, fg, bg):
 
 
 @numba.njit(**_JIT)
-def _label_segments(h, w, sx0, sx1, row_first, segid):
-    """The segment of every pixel."""
-    uw = _U(w)
-    for y in range(h):
-        base = _U(y) * uw
-        for s in range(row_first[y], row_first[y + 1]):
-            sid = np.int32(s)
-            for x in range(base + _U(sx0[s]), base + _U(sx1[s]) + _U(1)):
-                segid[x] = sid
-
-
-@numba.njit(**_JIT)
 def _find(parent, a):
     while parent[a] != a:
         parent[a] = parent[parent[a]]
@@ -163,37 +151,55 @@ def _find(parent, a):
 
 
 @numba.njit(**_JIT)
-def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, segid, lab, ns):
+def _segment_at(sx0, lo, hi, x):
+    """The segment among ``lo .. hi - 1`` (one row, in order) holding column x."""
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if sx0[mid] <= x:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@numba.njit(**_JIT)
+def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, lab, ns):
     """Links every segment to an uphill segment (see the module docstring) and
     labels the trees. Returns the group of each segment (-1: never on), the
     number of groups and their maxima, and fills ``lab`` (group of each pixel).
 
     The uphill segment of s is looked for next to its top plateau in the rows
-    above and below; a link s -> t needs a pixel >= m (s's maximum) of t touching
+    above and below: a link s -> t needs a pixel >= m (s's maximum) of t touching
     a pixel of s at m, and (max(t), t) > (m, s) so that links never cycle.
     """
     up = np.full(ns, -1, np.int64)
+    uw = _U(w)
+    ud = _U(d)
     for y in range(h):
         for s in range(row_first[y], row_first[y + 1]):
             m = sv[s]
             if m == 0:
                 continue
-            best = -1
-            best_a = np.uint8(0)
-            lo = max(np.int64(spf[s]) - d, 0)
-            hi = min(np.int64(spl[s]) + d, w - 1)
-            for yy in range(max(y - 1, 0), min(y + 1, h - 1) + 1, 2 if 0 < y < h - 1 else 1):
-                if yy == y:
+            pf, pl = _U(spf[s]), _U(spl[s])
+            lo = pf - ud if pf >= ud else _U(0)
+            hi = min(pl + ud, uw - _U(1))
+            found = -1
+            for k in range(2):
+                yy = y - 1 + 2 * k
+                if yy < 0 or yy >= h:
                     continue
-                base = yy * w
-                for x in range(lo, hi + 1):
+                base = _U(yy) * uw
+                for x in range(lo, hi + _U(1)):
                     a = v[base + x]
-                    if a < m or a <= best_a:
+                    if a < m:
                         continue
-                    t = np.int64(segid[base + x])
+                    t = _segment_at(sx0, row_first[yy], row_first[yy + 1], np.int64(x))
                     if a > m or sv[t] > m or t > s:
-                        best, best_a = t, a
-            up[s] = best
+                        found = t
+                        break
+                if found >= 0:
+                    break
+            up[s] = found
     grp = np.full(ns, -2, np.int64)
     stack = np.empty(ns, np.int64)
     ng = 0
@@ -216,7 +222,6 @@ def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, segid, lab, ns):
         for i in range(top):
             grp[stack[i]] = g
     gmax = np.zeros(ng, np.int64)
-    uw = _U(w)
     for y in range(h):
         base = _U(y) * uw
         for s in range(row_first[y], row_first[y + 1]):
@@ -294,78 +299,119 @@ def _group_boxes(v, h, w, sx0, sx1, sv, row_first, grp, ng, off):
 
 
 @numba.njit(**_JIT)
-def _group_edges(v, h, w, diag, lab, flags, ng):
-    """The highest level at which each pair of touching groups touch, as
-    ``(g1, g2, weight)`` arrays sorted by decreasing weight."""
-    dense = ng <= 256
-    pair = np.zeros(ng * ng if dense else 0, np.uint8)
-    # sparse case (many groups, e.g. noise): every touching pixel pair, at most
-    # 4 per pixel
-    edges = np.empty((0 if dense else 4 * h * w, 3), np.int64)
-    ne = 0
+def _edge_flags(h, w, diag, lab, y, flags):
+    """flags[x] for 0 < x < w - 1: pixel (y, x) has a right or lower (8-connected:
+    also diagonal) neighbour in another group; a loop LLVM vectorises."""
     uw = _U(w)
     one = _U(1)
-    offs = np.empty(4, np.int64)
+    b0 = _U(y) * uw
+    b1 = b0 + uw
+    if diag:
+        for x in range(one, uw - one):
+            p = b0 + x
+            a = lab[p]
+            flags[x] = np.uint8(
+                (a != lab[p + one])
+                | (a != lab[b1 + x])
+                | (a != lab[b1 + x - one])
+                | (a != lab[b1 + x + one])
+            )
+    else:
+        for x in range(one, uw - one):
+            p = b0 + x
+            a = lab[p]
+            flags[x] = np.uint8((a != lab[p + one]) | (a != lab[b1 + x]))
+    flags[0] = 1
+    flags[w - 1] = 1
+
+
+@numba.njit(inline="always", **_JIT)
+def _pair_max(pair, ng, ga, gb, wt):
+    """Keeps the highest weight seen between groups ga and gb (when they differ)."""
+    if ga != gb and ga >= 0 and gb >= 0 and wt > 0:
+        i = min(ga, gb) * ng + max(ga, gb)
+        if wt > pair[i]:
+            pair[i] = wt
+
+
+@numba.njit(**_JIT)
+def _touching_pairs(v, h, w, diag, lab, flags):
+    """Every pair of 4- (or 8-) adjacent pixels in different groups, as rows
+    ``(group, group, min of the two values)`` (weights 0 left out)."""
+    out = np.empty((4 * h * w, 3), np.int64)
+    ne = 0
     for y in range(h):
-        b0 = _U(y) * uw
-        last = y == h - 1
-        b1 = b0 + (_U(0) if last else uw)
-        # flags[x]: pixel (y, x) and its right or lower neighbours differ in group
-        if diag and not last:
-            for x in range(one, uw - one):
-                p = b0 + x
-                a = lab[p]
-                flags[x] = np.uint8(
-                    (a != lab[p + one])
-                    | (a != lab[b1 + x])
-                    | (a != lab[b1 + x - one])
-                    | (a != lab[b1 + x + one])
-                )
-        else:
-            for x in range(one, uw - one):
-                p = b0 + x
-                a = lab[p]
-                flags[x] = np.uint8((a != lab[p + one]) | (a != lab[b1 + x]))
-        flags[0] = 1
-        flags[w - 1] = 1
-        for xi in range(w):
-            if flags[xi] == 0:
-                continue
-            p = np.int64(b0) + xi
+        if y < h - 1:
+            _edge_flags(h, w, diag, lab, y, flags)
+        for x in range(w):
+            p = y * w + x
             g = np.int64(lab[p])
-            if g < 0:
+            if g < 0 or (y < h - 1 and flags[x] == 0):
                 continue
-            no = 0
-            if xi + 1 < w:
-                offs[no] = p + 1
-                no += 1
-            if not last:
-                offs[no] = p + w
-                no += 1
-                if diag and xi > 0:
-                    offs[no] = p + w - 1
-                    no += 1
-                if diag and xi + 1 < w:
-                    offs[no] = p + w + 1
-                    no += 1
-            for k in range(no):
-                q = offs[k]
+            for dy, dx in ((0, 1), (1, 0), (1, -1), (1, 1)):
+                if dy != 0 and dx != 0 and not diag:
+                    continue
+                yy, xx = y + dy, x + dx
+                if yy >= h or xx < 0 or xx >= w:
+                    continue
+                q = yy * w + xx
                 gq = np.int64(lab[q])
-                if gq < 0 or gq == g:
-                    continue
                 wt = min(v[p], v[q])
-                if wt == 0:
-                    continue
-                ga, gb = min(g, gq), max(g, gq)
-                if dense:
-                    i = ga * ng + gb
-                    pair[i] = max(pair[i], wt)
-                else:
-                    edges[ne, 0] = ga
-                    edges[ne, 1] = gb
-                    edges[ne, 2] = wt
+                if gq >= 0 and gq != g and wt != 0:
+                    out[ne, 0] = min(g, gq)
+                    out[ne, 1] = max(g, gq)
+                    out[ne, 2] = wt
                     ne += 1
-    if dense:
+    return out[:ne]
+
+
+@numba.njit(**_JIT)
+def _group_edges(v, h, w, diag, lab, flags, ng):
+    """The highest level at which each pair of touching groups touch, as
+    ``(g1, g2, weight)`` arrays sorted by decreasing weight.
+
+    Only pixels whose right or lower neighbours lie in another group are looked
+    at (``_edge_flags``). With up to 256 groups (the usual case) the best weight
+    of each pair is kept in a table; with more, every touching pair is listed."""
+    if ng > 256:
+        edges = _touching_pairs(v, h, w, diag, lab, flags)
+        ne = edges.shape[0]
+    else:
+        pair = np.zeros(ng * ng, np.uint8)
+        uw = _U(w)
+        one = _U(1)
+        for y in range(h):
+            b0 = _U(y) * uw
+            if y == h - 1:  # last row: right neighbours only
+                for x in range(b0, b0 + uw - one):
+                    _pair_max(pair, ng, lab[x], lab[x + one], min(v[x], v[x + one]))
+                break
+            b1 = b0 + uw
+            _edge_flags(h, w, diag, lab, y, flags)
+            for x in range(one, uw - one):
+                if flags[x] == 0:
+                    continue
+                p = b0 + x
+                g = lab[p]
+                vp = v[p]
+                _pair_max(pair, ng, g, lab[p + one], min(vp, v[p + one]))
+                _pair_max(pair, ng, g, lab[b1 + x], min(vp, v[b1 + x]))
+                if diag:
+                    _pair_max(pair, ng, g, lab[b1 + x - one], min(vp, v[b1 + x - one]))
+                    _pair_max(pair, ng, g, lab[b1 + x + one], min(vp, v[b1 + x + one]))
+            # first and last column
+            for xi in (0, w - 1):
+                x = _U(xi)
+                p = b0 + x
+                g = lab[p]
+                vp = v[p]
+                if xi + 1 < w:
+                    _pair_max(pair, ng, g, lab[p + one], min(vp, v[p + one]))
+                _pair_max(pair, ng, g, lab[b1 + x], min(vp, v[b1 + x]))
+                if diag and xi > 0:
+                    _pair_max(pair, ng, g, lab[b1 + x - one], min(vp, v[b1 + x - one]))
+                if diag and xi + 1 < w:
+                    _pair_max(pair, ng, g, lab[b1 + x + one], min(vp, v[b1 + x + one]))
         ne = 0
         for i in range(ng * ng):
             if pair[i] != 0:
@@ -406,9 +452,17 @@ def _group_areas(v, h, w, lab, off, out):
     its two lowest corners s1 <= s2 make it add 1 at levels <= s2 and 1 more at
     levels <= s1. All on corners of such a cell are 8-connected, so the cell
     belongs to the component of its highest corner (on whenever it counts).
+    Each row of cells is first reduced to (s1, s2, owner) in a loop LLVM
+    vectorises, then counted.
     """
     uw = _U(w)
     one = _U(1)
+    ng = off.size - 1
+    # events per group (slot g + 1; slot 0 for cells without an on pixel) and level
+    hist = np.zeros((ng + 1) * 256, np.int32)
+    s1 = np.empty(w, np.uint8)
+    s2 = np.empty(w, np.uint8)
+    owner = np.empty(w, np.int32)
     for y in range(h - 1):
         p0 = _U(y) * uw
         p1 = p0 + uw
@@ -417,24 +471,21 @@ def _group_areas(v, h, w, lab, off, out):
             c, d = v[p1 + x], v[p1 + x + one]
             lo1, hi1 = min(a, b), max(a, b)
             lo2, hi2 = min(c, d), max(c, d)
-            s2 = min(max(lo1, lo2), min(hi1, hi2))
-            if s2 == 0:
-                continue
-            s1 = min(lo1, lo2)
-            if hi1 >= hi2:
-                owner = p0 + x if a >= b else p0 + x + one
-            else:
-                owner = p1 + x if c >= d else p1 + x + one
-            o = off[lab[owner]] - 1
-            out[o + s2] += 1
-            if s1 != 0:
-                out[o + s1] += 1
+            s2[x] = min(max(lo1, lo2), min(hi1, hi2))
+            s1[x] = min(lo1, lo2)
+            top = lab[p0 + x] if a >= b else lab[p0 + x + one]
+            bottom = lab[p1 + x] if c >= d else lab[p1 + x + one]
+            owner[x] = (top if hi1 >= hi2 else bottom) * 256 + 256
+        for x in range(uw - one):
+            o = _U(owner[x])
+            hist[o + _U(s1[x])] += 1
+            hist[o + _U(s2[x])] += 1
     # events at level s count at every level <= s: suffix sums per group
-    for g in range(off.size - 1):
+    for g in range(ng):
         acc = 0
-        for i in range(off[g + 1] - 1, off[g] - 1, -1):
-            acc += out[i]
-            out[i] = acc
+        for lev in range(off[g + 1] - off[g], 0, -1):
+            acc += hist[(g + 1) * 256 + lev]
+            out[off[g] + lev - 1] = acc
 
 
 @numba.njit(**_JIT)
@@ -535,11 +586,10 @@ def upper_sets(v, h, w, conn, need, want_area, want_border, segs, ns, labels):
     the image border (``want_border``), or 0.
     """
     sx0, sx1, sv, spf, spl, row_first = segs
-    segid, lab, flags = labels
-    _label_segments(h, w, sx0, sx1, row_first, segid)
+    lab, flags = labels
     diag = conn == 8
     d = 1 if diag else 0
-    grp, ng, gmax = _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, segid, lab, ns)
+    grp, ng, gmax = _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, lab, ns)
     off = np.empty(ng + 1, np.int64)
     off[0] = 0
     for g in range(ng):
