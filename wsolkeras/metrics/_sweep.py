@@ -48,7 +48,8 @@ class Workspace:
     """Scratch arrays for maps of ``h x w`` pixels, reused map after map: the
     segments of the foreground and background scans (``(first column, last
     column, value, first and last column at the value, first segment of each
-    row)``), the group of each pixel and a row of flags."""
+    row)``), the group of each pixel (one byte when there are fewer than 256
+    groups, else four) and a row of flags."""
 
     def __init__(self, h: int, w: int):
         n = h * w
@@ -65,7 +66,7 @@ class Workspace:
 
         self.fg = segments()
         self.bg = segments()
-        self.labels = (np.empty(n, np.int32), np.empty(w, np.uint8))
+        self.labels = (np.empty(n, np.uint8), np.empty(n, np.int32), np.empty(w, np.uint8))
         self.q = np.empty(n, np.uint8)
         self.r = np.empty(n, np.uint8)
 
@@ -163,16 +164,20 @@ def _segment_at(sx0, lo, hi, x):
 
 
 @numba.njit(**_JIT)
-def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, lab, ns):
+def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns):
     """Links every segment to an uphill segment (see the module docstring) and
     labels the trees. Returns the group of each segment (-1: never on), the
-    number of groups and their maxima, and fills ``lab`` (group of each pixel).
+    number of groups and their maxima.
 
     The uphill segment of s is looked for next to its top plateau in the rows
     above and below: a link s -> t needs a pixel >= m (s's maximum) of t touching
-    a pixel of s at m, and (max(t), t) > (m, s) so that links never cycle.
+    a pixel of s at m, and (max(t), t) > (m, s) so that links never cycle. A tree
+    whose root touches another tree's pixel at the root's maximum (a plateau cut
+    into several segments) is then merged into it: the union is still connected
+    at every level below its maximum.
     """
     up = np.full(ns, -1, np.int64)
+    peer = np.full(ns, -1, np.int64)
     uw = _U(w)
     ud = _U(d)
     for y in range(h):
@@ -197,12 +202,14 @@ def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, lab, ns):
                     if a > m or sv[t] > m or t > s:
                         found = t
                         break
+                    peer[s] = t
                 if found >= 0:
                     break
             up[s] = found
     grp = np.full(ns, -2, np.int64)
     stack = np.empty(ns, np.int64)
-    ng = 0
+    ntree = 0
+    root_of = np.empty(ns, np.int64)
     for s in range(ns):
         if sv[s] == 0:
             grp[s] = -1
@@ -216,29 +223,54 @@ def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, lab, ns):
             top += 1
             r = up[r]
         if grp[r] == -2:
-            grp[r] = ng
-            ng += 1
+            grp[r] = ntree
+            root_of[ntree] = r
+            ntree += 1
         g = grp[r]
         for i in range(top):
             grp[stack[i]] = g
+    # trees meeting at a plateau at the top of one of them
+    uf = np.arange(ntree, dtype=np.int64)
+    for tr in range(ntree):
+        t = peer[root_of[tr]]
+        if t >= 0:
+            ra, rb = _find(uf, tr), _find(uf, grp[t])
+            if ra != rb:
+                uf[max(ra, rb)] = min(ra, rb)
+    gid = np.full(ntree, -1, np.int64)
+    ng = 0
+    for tr in range(ntree):
+        if _find(uf, tr) == tr:
+            gid[tr] = ng
+            ng += 1
     gmax = np.zeros(ng, np.int64)
-    for y in range(h):
-        base = _U(y) * uw
-        for s in range(row_first[y], row_first[y + 1]):
-            g = grp[s]
-            if g >= 0:
-                gmax[g] = max(gmax[g], np.int64(sv[s]))
-            gl = np.int32(g)
-            for x in range(base + _U(sx0[s]), base + _U(sx1[s]) + _U(1)):
-                lab[x] = gl
+    for s in range(ns):
+        g = grp[s]
+        if g >= 0:
+            g = gid[_find(uf, g)]
+            grp[s] = g
+            gmax[g] = max(gmax[g], np.int64(sv[s]))
     return grp, ng, gmax
 
 
 @numba.njit(**_JIT)
-def _group_boxes(v, h, w, sx0, sx1, sv, row_first, grp, ng, off):
-    """Per group and level (index ``off[g] + l - 1``): first and last row and
-    column holding a pixel ``>= l`` (rows from the segments' maxima, columns from
-    the group's per-column maxima)."""
+def _label_pixels(h, w, sx0, sx1, row_first, grp, ng, lab):
+    """The group of every pixel in ``lab`` (``ng`` where never on)."""
+    uw = _U(w)
+    for y in range(h):
+        base = _U(y) * uw
+        for s in range(row_first[y], row_first[y + 1]):
+            g = grp[s]
+            gl = lab.dtype.type(g if g >= 0 else ng)
+            for x in range(base + _U(sx0[s]), base + _U(sx1[s]) + _U(1)):
+                lab[x] = gl
+
+
+@numba.njit(**_JIT)
+def _group_boxes(v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, off):
+    """Per group and level (index ``off[g] + j - 1``): first and last row and
+    column holding a pixel of level ``lut[value] >= j`` (rows from the segments'
+    maxima, columns from the group's per-column maxima)."""
     tot = off[ng]
     gy0 = np.empty(tot, np.int32)
     gy1 = np.empty(tot, np.int32)
@@ -248,20 +280,22 @@ def _group_boxes(v, h, w, sx0, sx1, sv, row_first, grp, ng, off):
     for y in range(h):
         for s in range(row_first[y], row_first[y + 1]):
             g = grp[s]
-            if g >= 0 and sv[s] > best[g]:
+            top = lut[sv[s]]
+            if g >= 0 and top > best[g]:
                 o = off[g] - 1
-                for lev in range(best[g] + 1, sv[s] + 1):
+                for lev in range(best[g] + 1, top + 1):
                     gy0[o + lev] = y
-                best[g] = sv[s]
+                best[g] = top
     best[:] = 0
     for y in range(h - 1, -1, -1):
         for s in range(row_first[y], row_first[y + 1]):
             g = grp[s]
-            if g >= 0 and sv[s] > best[g]:
+            top = lut[sv[s]]
+            if g >= 0 and top > best[g]:
                 o = off[g] - 1
-                for lev in range(best[g] + 1, sv[s] + 1):
+                for lev in range(best[g] + 1, top + 1):
                     gy1[o + lev] = y
-                best[g] = sv[s]
+                best[g] = top
     uw = _U(w)
     colmax = np.zeros(ng * w, np.uint8)
     gxa = np.full(ng, w, np.int64)
@@ -283,14 +317,14 @@ def _group_boxes(v, h, w, sx0, sx1, sv, row_first, grp, ng, off):
         o = off[g] - 1
         top = 0
         for x in range(gxa[g], gxb[g] + 1):
-            c = colmax[cb + x]
+            c = lut[colmax[cb + x]]
             if c > top:
                 for lev in range(top + 1, c + 1):
                     gx0[o + lev] = x
                 top = c
         top = 0
         for x in range(gxb[g], gxa[g] - 1, -1):
-            c = colmax[cb + x]
+            c = lut[colmax[cb + x]]
             if c > top:
                 for lev in range(top + 1, c + 1):
                     gx1[o + lev] = x
@@ -326,16 +360,16 @@ def _edge_flags(h, w, diag, lab, y, flags):
 
 
 @numba.njit(inline="always", **_JIT)
-def _pair_max(pair, ng, ga, gb, wt):
-    """Keeps the highest weight seen between groups ga and gb (when they differ)."""
-    if ga != gb and ga >= 0 and gb >= 0 and wt > 0:
-        i = min(ga, gb) * ng + max(ga, gb)
-        if wt > pair[i]:
-            pair[i] = wt
+def _pair_max(pair, stride, ga, gb, wt):
+    """Keeps the highest weight seen between groups ga and gb, without a branch:
+    the table also has entries for a group with itself and for "no group",
+    never read."""
+    i = _U(min(ga, gb)) * stride + _U(max(ga, gb))
+    pair[i] = max(pair[i], wt)
 
 
 @numba.njit(**_JIT)
-def _touching_pairs(v, h, w, diag, lab, flags):
+def _touching_pairs(v, h, w, diag, lab, flags, ng):
     """Every pair of 4- (or 8-) adjacent pixels in different groups, as rows
     ``(group, group, min of the two values)`` (weights 0 left out)."""
     out = np.empty((4 * h * w, 3), np.int64)
@@ -346,7 +380,7 @@ def _touching_pairs(v, h, w, diag, lab, flags):
         for x in range(w):
             p = y * w + x
             g = np.int64(lab[p])
-            if g < 0 or (y < h - 1 and flags[x] == 0):
+            if g == ng or (y < h - 1 and flags[x] == 0):
                 continue
             for dy, dx in ((0, 1), (1, 0), (1, -1), (1, 1)):
                 if dy != 0 and dx != 0 and not diag:
@@ -357,7 +391,7 @@ def _touching_pairs(v, h, w, diag, lab, flags):
                 q = yy * w + xx
                 gq = np.int64(lab[q])
                 wt = min(v[p], v[q])
-                if gq >= 0 and gq != g and wt != 0:
+                if gq != ng and gq != g and wt != 0:
                     out[ne, 0] = min(g, gq)
                     out[ne, 1] = max(g, gq)
                     out[ne, 2] = wt
@@ -366,25 +400,27 @@ def _touching_pairs(v, h, w, diag, lab, flags):
 
 
 @numba.njit(**_JIT)
-def _group_edges(v, h, w, diag, lab, flags, ng):
-    """The highest level at which each pair of touching groups touch, as
-    ``(g1, g2, weight)`` arrays sorted by decreasing weight.
+def _group_edges(v, h, w, diag, lut, lab, flags, ng):
+    """The highest level (``lut[value]``) at which each pair of touching groups
+    touch, as ``(g1, g2, weight)`` arrays sorted by decreasing weight.
 
     Only pixels whose right or lower neighbours lie in another group are looked
-    at (``_edge_flags``). With up to 256 groups (the usual case) the best weight
-    of each pair is kept in a table; with more, every touching pair is listed."""
-    if ng > 256:
-        edges = _touching_pairs(v, h, w, diag, lab, flags)
+    at (``_edge_flags``). With up to 255 groups (the usual case) the best weight
+    of each pair is kept in a table; with more, every touching pair is listed.
+    ``lab`` holds ``ng`` where there is no group."""
+    if ng > 255:
+        edges = _touching_pairs(v, h, w, diag, lab, flags, ng)
         ne = edges.shape[0]
     else:
-        pair = np.zeros(ng * ng, np.uint8)
+        stride = _U(ng + 1)  # groups 0 .. ng - 1 and ng: no group
+        pair = np.zeros((ng + 1) * (ng + 1), np.uint8)
         uw = _U(w)
         one = _U(1)
         for y in range(h):
             b0 = _U(y) * uw
             if y == h - 1:  # last row: right neighbours only
                 for x in range(b0, b0 + uw - one):
-                    _pair_max(pair, ng, lab[x], lab[x + one], min(v[x], v[x + one]))
+                    _pair_max(pair, stride, lab[x], lab[x + one], min(v[x], v[x + one]))
                 break
             b1 = b0 + uw
             _edge_flags(h, w, diag, lab, y, flags)
@@ -394,11 +430,11 @@ def _group_edges(v, h, w, diag, lab, flags, ng):
                 p = b0 + x
                 g = lab[p]
                 vp = v[p]
-                _pair_max(pair, ng, g, lab[p + one], min(vp, v[p + one]))
-                _pair_max(pair, ng, g, lab[b1 + x], min(vp, v[b1 + x]))
+                _pair_max(pair, stride, g, lab[p + one], min(vp, v[p + one]))
+                _pair_max(pair, stride, g, lab[b1 + x], min(vp, v[b1 + x]))
                 if diag:
-                    _pair_max(pair, ng, g, lab[b1 + x - one], min(vp, v[b1 + x - one]))
-                    _pair_max(pair, ng, g, lab[b1 + x + one], min(vp, v[b1 + x + one]))
+                    _pair_max(pair, stride, g, lab[b1 + x - one], min(vp, v[b1 + x - one]))
+                    _pair_max(pair, stride, g, lab[b1 + x + one], min(vp, v[b1 + x + one]))
             # first and last column
             for xi in (0, w - 1):
                 x = _U(xi)
@@ -406,25 +442,30 @@ def _group_edges(v, h, w, diag, lab, flags, ng):
                 g = lab[p]
                 vp = v[p]
                 if xi + 1 < w:
-                    _pair_max(pair, ng, g, lab[p + one], min(vp, v[p + one]))
-                _pair_max(pair, ng, g, lab[b1 + x], min(vp, v[b1 + x]))
+                    _pair_max(pair, stride, g, lab[p + one], min(vp, v[p + one]))
+                _pair_max(pair, stride, g, lab[b1 + x], min(vp, v[b1 + x]))
                 if diag and xi > 0:
-                    _pair_max(pair, ng, g, lab[b1 + x - one], min(vp, v[b1 + x - one]))
+                    _pair_max(pair, stride, g, lab[b1 + x - one], min(vp, v[b1 + x - one]))
                 if diag and xi + 1 < w:
-                    _pair_max(pair, ng, g, lab[b1 + x + one], min(vp, v[b1 + x + one]))
+                    _pair_max(pair, stride, g, lab[b1 + x + one], min(vp, v[b1 + x + one]))
         ne = 0
-        for i in range(ng * ng):
-            if pair[i] != 0:
-                ne += 1
+        for a in range(ng):
+            for b in range(a + 1, ng):
+                if pair[a * (ng + 1) + b] != 0:
+                    ne += 1
         edges = np.empty((ne, 3), np.int64)
         ne = 0
-        for i in range(ng * ng):
-            if pair[i] != 0:
-                edges[ne, 0] = i // ng
-                edges[ne, 1] = i % ng
-                edges[ne, 2] = pair[i]
-                ne += 1
-    # by decreasing weight (counting sort)
+        for a in range(ng):
+            for b in range(a + 1, ng):
+                wt = pair[a * (ng + 1) + b]
+                if wt != 0:
+                    edges[ne, 0] = a
+                    edges[ne, 1] = b
+                    edges[ne, 2] = wt
+                    ne += 1
+    # levels, by decreasing level (counting sort)
+    for e in range(ne):
+        edges[e, 2] = lut[edges[e, 2]]
     pos = np.zeros(257, np.int64)
     for e in range(ne):
         pos[256 - edges[e, 2]] += 1
@@ -444,9 +485,9 @@ def _group_edges(v, h, w, diag, lab, flags, ng):
 
 
 @numba.njit(**_JIT)
-def _group_areas(v, h, w, lab, off, out):
-    """Twice the bit-quad area of each group's pixels ``>= l``, at every level
-    (``out[off[g] + l - 1]``).
+def _group_areas(v, h, w, lut, lab, off, out):
+    """Twice the bit-quad area of each group's pixels of level ``lut[value] >= j``,
+    at every level j (``out[off[g] + j - 1]``).
 
     A 2x2 cell of pixels with 4 corners on adds 2 (halves), with 3 corners 1:
     its two lowest corners s1 <= s2 make it add 1 at levels <= s2 and 1 more at
@@ -458,7 +499,7 @@ def _group_areas(v, h, w, lab, off, out):
     uw = _U(w)
     one = _U(1)
     ng = off.size - 1
-    # events per group (slot g + 1; slot 0 for cells without an on pixel) and level
+    # events per group (slot ng for cells without an on pixel) and level
     hist = np.zeros((ng + 1) * 256, np.int32)
     s1 = np.empty(w, np.uint8)
     s2 = np.empty(w, np.uint8)
@@ -473,9 +514,9 @@ def _group_areas(v, h, w, lab, off, out):
             lo2, hi2 = min(c, d), max(c, d)
             s2[x] = min(max(lo1, lo2), min(hi1, hi2))
             s1[x] = min(lo1, lo2)
-            top = lab[p0 + x] if a >= b else lab[p0 + x + one]
-            bottom = lab[p1 + x] if c >= d else lab[p1 + x + one]
-            owner[x] = (top if hi1 >= hi2 else bottom) * 256 + 256
+            top = np.int32(lab[p0 + x] if a >= b else lab[p0 + x + one])
+            bottom = np.int32(lab[p1 + x] if c >= d else lab[p1 + x + one])
+            owner[x] = (top if hi1 >= hi2 else bottom) * 256
         for x in range(uw - one):
             o = _U(owner[x])
             hist[o + _U(s1[x])] += 1
@@ -483,42 +524,45 @@ def _group_areas(v, h, w, lab, off, out):
     # events at level s count at every level <= s: suffix sums per group
     for g in range(ng):
         acc = 0
-        for lev in range(off[g + 1] - off[g], 0, -1):
-            acc += hist[(g + 1) * 256 + lev]
-            out[off[g] + lev - 1] = acc
+        j = off[g + 1] - off[g]  # the group's top level
+        for val in range(255, 0, -1):
+            lev = lut[val]
+            while j > lev:
+                out[off[g] + j - 1] = acc
+                j -= 1
+            acc += hist[g * 256 + val]
+        while j > 0:
+            out[off[g] + j - 1] = acc
+            j -= 1
 
 
 @numba.njit(**_JIT)
-def _sweep_levels(need, ng, gmax, off, ea, eb, ew, gx0, gy0, gx1, gy1, gaux, gbrd, aux_kind):
+def _sweep_levels(nlev, ng, gmax, off, ea, eb, ew, gx0, gy0, gx1, gy1, gaux, gbrd, aux_kind):
     """Kruskal sweep from the top level down over the edges between groups,
-    emitting every component at every level asked for (see ``upper_sets``).
+    emitting every component at every level 1 .. nlev (see ``upper_sets``).
 
     When two components meet at level wt, the one with the higher maximum
     absorbs the other's tables at levels <= wt (its own levels above wt stay its
     own), so the work per level is one record per component.
     """
-    nlev = need.size  # levels 0 .. nlev - 1
     ne = ea.size
     gorder = np.argsort(-gmax, kind="mergesort")
-    need_le = np.zeros(nlev, np.int64)
-    for lev in range(1, nlev):
-        need_le[lev] = need_le[lev - 1] + (1 if need[lev] else 0)
     cap_r = 0
     for g in range(ng):
-        cap_r += need_le[min(gmax[g], nlev - 1)]
+        cap_r += gmax[g]
     r_x0 = np.empty(cap_r, np.int32)
     r_y0 = np.empty(cap_r, np.int32)
     r_x1 = np.empty(cap_r, np.int32)
     r_y1 = np.empty(cap_r, np.int32)
     r_aux = np.empty(cap_r, np.int64)
-    level_start = np.zeros(nlev + 1, np.int64)
+    level_start = np.zeros(nlev + 2, np.int64)
     uf = np.arange(ng, dtype=np.int64)
     alive = np.empty(ng, np.int64)  # roots of the components (lazily cleaned)
     nalive = 0
     nr = 0
     na = 0
     ei = 0
-    for lev in range(nlev - 1, 0, -1):
+    for lev in range(nlev, 0, -1):
         level_start[lev + 1] = nr
         while na < ng and gmax[gorder[na]] >= lev:
             alive[nalive] = gorder[na]
@@ -544,8 +588,6 @@ def _sweep_levels(need, ng, gmax, off, ea, eb, ew, gx0, gy0, gx1, gy1, gaux, gbr
                     gaux[oa + i] += gaux[ob + i]
             elif aux_kind == 2:
                 gbrd[ra] = max(gbrd[ra], gbrd[rb])
-        if not need[lev]:
-            continue
         j = 0
         for i in range(nalive):
             g = alive[i]
@@ -572,30 +614,39 @@ def _sweep_levels(need, ng, gmax, off, ea, eb, ew, gx0, gy0, gx1, gy1, gaux, gbr
 
 
 @numba.njit(**_JIT)
-def upper_sets(v, h, w, conn, need, want_area, want_border, segs, ns, labels):
-    """Components of ``v >= l`` (``v`` flat ``h * w`` uint8) at every level l with
-    ``need[l]`` (``need`` bool, indexed by level, ``need[0]`` unused), with 4- or
-    8-connectivity (``conn``). ``segs`` holds the ``ns`` unimodal segments of
-    ``v`` (from ``scan``), ``labels`` is ``Workspace.labels``.
+def upper_sets(v, h, w, conn, lut, want_area, want_border, segs, ns, labels):
+    """Components of the pixels of level ``lut[v] >= j`` (``v`` flat ``h * w``
+    uint8, ``lut`` a non-decreasing map of values to levels 0 .. J) at every
+    level j = 1 .. J, with 4- or 8-connectivity (``conn``). ``segs`` holds the
+    ``ns`` unimodal segments of ``v`` (from ``scan``), ``labels`` is
+    ``Workspace.labels``. The levels are the cuts asked for: tables per level
+    hold only those.
 
     Returns ``(x0, y0, x1, y1, aux, level_start)``: one record per (level,
-    component), levels in decreasing order; the records of level l are
-    ``level_start[l + 1] : level_start[l]`` (``level_start`` has ``len(need) + 1``
-    entries). ``aux`` is twice the bit-quad area of the component's pixels
-    (``want_area``), the highest level at which the component holds a pixel of
-    the image border (``want_border``), or 0.
+    component), levels in decreasing order; the records of level j are
+    ``level_start[j + 1] : level_start[j]``. ``aux`` is twice the bit-quad area
+    of the component's pixels (``want_area``), the highest level at which the
+    component holds a pixel of the image border (``want_border``), or 0.
     """
     sx0, sx1, sv, spf, spl, row_first = segs
-    lab, flags = labels
+    lab8, lab32, flags = labels
+    nlev = np.int64(lut[255])
     diag = conn == 8
     d = 1 if diag else 0
-    grp, ng, gmax = _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, lab, ns)
+    grp, ng, gmax = _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns)
     off = np.empty(ng + 1, np.int64)
     off[0] = 0
     for g in range(ng):
+        gmax[g] = lut[gmax[g]]
         off[g + 1] = off[g] + gmax[g]
-    gy0, gy1, gx0, gx1 = _group_boxes(v, h, w, sx0, sx1, sv, row_first, grp, ng, off)
-    ea, eb, ew = _group_edges(v, h, w, diag, lab, flags, ng)
+    gy0, gy1, gx0, gx1 = _group_boxes(v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, off)
+    # one byte per pixel for the group labels when they fit (the usual case)
+    if ng < 256:
+        _label_pixels(h, w, sx0, sx1, row_first, grp, ng, lab8)
+        ea, eb, ew = _group_edges(v, h, w, diag, lut, lab8, flags, ng)
+    else:
+        _label_pixels(h, w, sx0, sx1, row_first, grp, ng, lab32)
+        ea, eb, ew = _group_edges(v, h, w, diag, lut, lab32, flags, ng)
     gaux = np.zeros(off[ng] if want_area else 0, np.int64)
     gbrd = np.zeros(ng if want_border else 0, np.int64)
     if want_border:
@@ -605,18 +656,21 @@ def upper_sets(v, h, w, conn, need, want_area, want_border, segs, ns, labels):
                 if g < 0:
                     continue
                 if y == 0 or y == h - 1:
-                    bv = np.int64(sv[s])
+                    bv = sv[s]
                 else:
-                    bv = 0
+                    bv = np.uint8(0)
                     if sx0[s] == 0:
-                        bv = np.int64(v[y * w])
+                        bv = v[y * w]
                     if sx1[s] == w - 1:
-                        bv = max(bv, np.int64(v[y * w + w - 1]))
-                gbrd[g] = max(gbrd[g], bv)
+                        bv = max(bv, v[y * w + w - 1])
+                gbrd[g] = max(gbrd[g], np.int64(lut[bv]))
     if want_area:
-        _group_areas(v, h, w, lab, off, gaux)
+        if ng < 256:
+            _group_areas(v, h, w, lut, lab8, off, gaux)
+        else:
+            _group_areas(v, h, w, lut, lab32, off, gaux)
     aux_kind = 1 if want_area else (2 if want_border else 0)
-    return _sweep_levels(need, ng, gmax, off, ea, eb, ew, gx0, gy0, gx1, gy1, gaux, gbrd, aux_kind)
+    return _sweep_levels(nlev, ng, gmax, off, ea, eb, ew, gx0, gy0, gx1, gy1, gaux, gbrd, aux_kind)
 
 
 @numba.njit(**_JIT)
@@ -677,14 +731,15 @@ def box_ious(maps, gt, gt_first, need_tab, multi_contour, iou_k, amb, stats, q, 
         for k in range(qmax):
             if need_k[k]:
                 kmax = k
-        # foreground q > k: level l = k + 1 of q
-        need_fg = np.zeros(kmax + 2, np.bool_)
-        # background q <= k: level kmax + 1 - k of r = kmax + 1 - q (0 where q > kmax)
-        need_bg = np.zeros(kmax + 2, np.bool_)
-        for k in range(kmax + 1):
-            need_fg[k + 1] = need_k[k]
-            need_bg[kmax + 1 - k] = need_k[k]
         top = np.uint8(kmax + 1)
+        # levels of the sweeps: the j-th cut asked for, in increasing order, is level
+        # j of the foreground (q > k: lut_fg[q] >= j) and the level of r = kmax + 1 - q
+        # (0 where q > kmax) numbered from the other end for the background (q <= k)
+        lut_fg = np.zeros(256, np.uint8)
+        lut_bg = np.zeros(256, np.uint8)
+        for val in range(1, 256):
+            lut_fg[val] = lut_fg[val - 1] + (1 if val <= kmax + 1 and need_k[val - 1] else 0)
+            lut_bg[val] = lut_bg[val - 1] + (1 if val <= kmax + 1 and need_k[kmax + 1 - val] else 0)
         for p in range(n):
             a = v[p]
             r[p] = top - a if a < top else 0
@@ -693,16 +748,16 @@ def box_ious(maps, gt, gt_first, need_tab, multi_contour, iou_k, amb, stats, q, 
             a = bval[j]  # the segment's minimum of q: its maximum of r
             bval[j] = top - a if a < top else 0
         f_x0, f_y0, f_x1, f_y1, f_aux, f_start = upper_sets(
-            v, h, w, 8, need_fg, not multi_contour, False, fg, nf, labels
+            v, h, w, 8, lut_fg, not multi_contour, False, fg, nf, labels
         )
         b_x0, b_y0, b_x1, b_y1, b_aux, b_start = upper_sets(
-            r, h, w, 4, need_bg, False, True, bg, nb, labels
+            r, h, w, 4, lut_bg, False, True, bg, nb, labels
         )
         for k in range(kmax + 1):
             if not need_k[k]:
                 continue
-            lf = k + 1
-            lb = kmax + 1 - k
+            lf = np.int64(lut_fg[k + 1])
+            lb = np.int64(lut_bg[kmax + 1 - k])
             fa, fb = f_start[lf + 1], f_start[lf]
             ha, hb = b_start[lb + 1], b_start[lb]
             if multi_contour:

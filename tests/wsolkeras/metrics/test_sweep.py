@@ -71,9 +71,10 @@ def test_hole_contour_box_is_the_hole_grown_by_one():
     assert checked > 100
 
 
-def _components(img, conn, area=False, border=False):
-    """upper_sets on a uint8 image, every level asked for; also checks the scan's
-    quantisation of the matching score map."""
+def _components(img, conn, levels, area=False, border=False):
+    """upper_sets on a uint8 image at the given increasing levels (level j of the
+    sweep: pixels >= levels[j - 1]); also checks the scan's quantisation of the
+    matching score map."""
     h, w = img.shape
     ws = _sweep.Workspace(h, w)
     s = (img.astype(np.float64) + 0.5) / 255  # quantises back to img
@@ -81,12 +82,14 @@ def _components(img, conn, area=False, border=False):
     nf, nb, lo, hi, finite = _sweep.scan(s, q, ws.fg, ws.bg)
     np.testing.assert_array_equal(q.reshape(h, w), quantize(np.minimum(s, 1.0)))
     assert (lo, hi, finite) == (s.min(), s.max(), True)
-    need = np.ones(int(img.max()) + 1, bool)
-    return _sweep.upper_sets(q, h, w, conn, need, area, border, ws.fg, nf, ws.labels)
+    # lut[v] = number of levels <= v
+    lut = np.searchsorted(np.asarray(levels), np.arange(256), side="right").astype(np.uint8)
+    return _sweep.upper_sets(q, h, w, conn, lut, area, border, ws.fg, nf, ws.labels)
 
 
 def _random_images(rng, count):
-    images = []
+    # noise: more than 255 groups (labels wider than a byte)
+    images = [rng.integers(0, 40, (48, 48)).astype(np.uint8)]
     for k in range(count):
         h, w = rng.integers(1, 30), rng.integers(1, 30)
         if k % 3 == 0:
@@ -100,15 +103,23 @@ def _random_images(rng, count):
     return images
 
 
+@pytest.mark.parametrize("every_level", [True, False])
 @pytest.mark.parametrize("conn", [8, 4])
-def test_components_match_opencv_at_every_level(conn):
-    rng = np.random.default_rng(conn)
+def test_components_match_opencv_at_every_level(conn, every_level):
+    rng = np.random.default_rng(conn + 10 * every_level)
     for i, img in enumerate(_random_images(rng, 40)):
-        x0, y0, x1, y1, aux, start = _components(img, conn, area=conn == 8, border=conn == 4)
-        for level in range(1, int(img.max()) + 1):
+        top = int(img.max())
+        if every_level:
+            levels = np.arange(1, top + 1)
+        else:  # some levels only, as the cuts of a coarse threshold grid
+            levels = np.flatnonzero(rng.random(top) < 0.4) + 1
+        x0, y0, x1, y1, aux, start = _components(
+            img, conn, levels, area=conn == 8, border=conn == 4
+        )
+        for j, level in enumerate(levels, start=1):
             on = (img >= level).astype(np.uint8)
             n, lab, stats, _ = cv2.connectedComponentsWithStats(on, connectivity=conn)
-            sel = slice(start[level + 1], start[level])
+            sel = slice(start[j + 1], start[j])
             boxes = list(zip(x0[sel], y0[sel], x1[sel], y1[sel], strict=True))
             ref = sorted((x, y, x + w - 1, y + h - 1) for x, y, w, h, _ in stats[1:])
             assert sorted(tuple(map(int, b)) for b in boxes) == ref, (i, level)
@@ -130,7 +141,7 @@ def test_components_match_opencv_at_every_level(conn):
                     if j > 0 and j in frame
                 )
                 flagged = sorted(
-                    tuple(map(int, b)) for b, t in zip(boxes, aux[sel], strict=True) if t >= level
+                    tuple(map(int, b)) for b, t in zip(boxes, aux[sel], strict=True) if t >= j
                 )
                 assert flagged == touching, (i, level)
 
