@@ -72,6 +72,7 @@ class LevelIoU:
         q = np.empty((bsz, hh, ww), np.uint8)
         namb = _sweep.box_ious(
             maps,
+            maps.view(np.int64 if maps.dtype == np.float64 else np.int32),
             gt_all,
             gt_first,
             self.need_table,

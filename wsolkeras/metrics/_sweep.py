@@ -72,24 +72,58 @@ class Workspace:
 
 
 @numba.njit(**_JIT)
-def scan(s, q, fg, bg):
+def _run_start(q, base, x, lo):
+    """First column (not before ``lo``) of the run of values equal to column x's."""
+    v = q[base + _U(x)]
+    while x > lo and q[base + _U(x - 1)] == v:
+        x -= 1
+    return x
+
+
+@numba.njit(**_JIT)
+def _run_end(q, base, x, hi):
+    """Last column (not after ``hi``) of the run of values equal to column x's."""
+    v = q[base + _U(x)]
+    while x < hi and q[base + _U(x + 1)] == v:
+        x += 1
+    return x
+
+
+@numba.njit(**_JIT)
+def _first_move(q, base, w):
+    """+1 if the row first rises, -1 if it first falls, 0 if it is flat."""
+    v = q[base]
+    for x in range(1, w):
+        a = q[base + _U(x)]
+        if a != v:
+            return 1 if a > v else -1
+    return 0
+
+
+@numba.njit(**_JIT)
+def scan(s, bits, q, fg, bg):
     """Quantises one map ``s [H, W]`` (floats) as the protocol does, ``q =
     uint8(s * 255)`` (truncation), into ``q`` (flat), and cuts every row into
     segments for both sweeps (see ``Workspace`` for ``fg`` and ``bg``).
 
     Foreground segments are unimodal (non-decreasing, then non-increasing: a new
-    one starts where the row rises after having fallen), with their maximum;
-    background segments the other way round, with their minimum. Returns
-    ``(number of fg segments, of bg segments, min(s), max(s), all finite)``.
+    one starts where the row rises after having fallen), with their maximum and
+    its first and last column; background segments the other way round (a new
+    one starts where the row falls after having risen, i.e. right after each
+    foreground segment's top when it was reached by a rise), with their minimum.
+
+    ``bits`` is ``s`` viewed as integers of its width: their minimum and maximum
+    are returned with the segment counts, ``(nf, nb, min bits, max bits)`` (for
+    non-negative floats, integer order is value order; a loop LLVM vectorises,
+    unlike float minima that must mind NaN).
     """
     fx0, fx1, fv, fpf, fpl, frf = fg
     bx0, bx1, bv, bpf, bpl, brf = bg
     h, w = s.shape
     uw = _U(w)
     one = _U(1)
-    mn = s[0, 0]
-    mx = s[0, 0]
-    nan = s[0, 0] * 0.0  # NaN once any value is NaN or infinite
+    mn = bits[0, 0]
+    mx = bits[0, 0]
     nf = 0
     nb = 0
     for y in range(h):
@@ -97,21 +131,17 @@ def scan(s, q, fg, bg):
         brf[y] = nb
         base = _U(y) * uw
         row = s[y]
-        val = row[0]
-        mn = min(mn, val)
-        mx = max(mx, val)
-        nan += val * 0.0
-        prev = np.uint8(min(max(np.float64(val) * 255.0, 0.0), 255.0))
-        q[base] = prev
+        row_bits = bits[y]
+        for x in range(uw):
+            b = row_bits[x]
+            mn = min(mn, b)
+            mx = max(mx, b)
+            q[base + x] = np.uint8(min(max(np.float64(row[x]) * 255.0, 0.0), 255.0))
+        # foreground segments; the top plateau is extended while not yet falling
+        prev = q[base]
         f_start, f_falling, f_top, f_pf, f_pl = _U(0), False, prev, _U(0), _U(0)
-        b_start, b_rising, b_bot, b_pf, b_pl = _U(0), False, prev, _U(0), _U(0)
         for x in range(one, uw):
-            val = row[x]
-            mn = min(mn, val)
-            mx = max(mx, val)
-            nan += val * 0.0
-            a = np.uint8(min(max(np.float64(val) * 255.0, 0.0), 255.0))
-            q[base + x] = a
+            a = q[base + x]
             if a > prev:
                 if f_falling:
                     fx0[nf], fx1[nf], fv[nf], fpf[nf], fpl[nf] = f_start, x - one, f_top, f_pf, f_pl
@@ -119,28 +149,67 @@ def scan(s, q, fg, bg):
                     f_start = x
                     f_falling = False
                 f_top, f_pf, f_pl = a, x, x
-                b_rising = True
             elif a < prev:
                 f_falling = True
-                if b_rising:
-                    bx0[nb], bx1[nb], bv[nb], bpf[nb], bpl[nb] = b_start, x - one, b_bot, b_pf, b_pl
-                    nb += 1
-                    b_start = x
-                    b_rising = False
-                b_bot, b_pf, b_pl = a, x, x
-            else:  # plateaus extend the top (bottom) while not yet falling (rising)
-                if not f_falling:
-                    f_pl = x
-                if not b_rising:
-                    b_pl = x
+            elif not f_falling:
+                f_pl = x
             prev = a
         fx0[nf], fx1[nf], fv[nf], fpf[nf], fpl[nf] = f_start, uw - one, f_top, f_pf, f_pl
         nf += 1
-        bx0[nb], bx1[nb], bv[nb], bpf[nb], bpl[nb] = b_start, uw - one, b_bot, b_pf, b_pl
-        nb += 1
+        # background segments: each holds one valley floor (ending right before a
+        # foreground split) or a monotone end of the row
+        f0 = frf[y]
+        b_start = 0
+        valley = -1  # last column of the valley floor in the current bg segment
+        for i in range(f0, nf + 1):
+            if i < nf:
+                if i > f0:
+                    valley = np.int64(fx0[i]) - 1
+                rose = i > f0 or fpf[i] > 0
+                if not (rose and fpl[i] < fx1[i]):
+                    continue  # no fall after a rise to this top: no bg split
+                cut = np.int64(fpl[i]) + 1
+            else:
+                cut = w
+            end = cut - 1
+            if valley >= b_start:
+                last = valley
+                first = _run_start(q, base, last, b_start)
+            elif b_start == 0 and _first_move(q, base, w) > 0:
+                first = 0
+                last = _run_end(q, base, 0, end)
+            else:
+                last = end
+                first = _run_start(q, base, last, b_start)
+            bx0[nb], bx1[nb], bv[nb], bpf[nb], bpl[nb] = (
+                b_start,
+                end,
+                q[base + _U(last)],
+                first,
+                last,
+            )
+            nb += 1
+            b_start = cut
+            valley = -1
     frf[h] = nf
     brf[h] = nb
-    return nf, nb, mn, mx, nan == 0.0
+    return nf, nb, mn, mx
+
+
+@numba.njit(**_JIT)
+def _float_stats(s):
+    """Minimum, maximum and whether all values are finite, value by value."""
+    mn = s[0, 0]
+    mx = s[0, 0]
+    finite = True
+    for y in range(s.shape[0]):
+        for x in range(s.shape[1]):
+            a = s[y, x]
+            if not np.isfinite(a):
+                finite = False
+            mn = min(mn, a)
+            mx = max(mx, a)
+    return np.float64(mn), np.float64(mx), finite
 
 
 @numba.njit(**_JIT)
@@ -254,23 +323,11 @@ def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns):
 
 
 @numba.njit(**_JIT)
-def _label_pixels(h, w, sx0, sx1, row_first, grp, ng, lab):
-    """The group of every pixel in ``lab`` (``ng`` where never on)."""
-    uw = _U(w)
-    for y in range(h):
-        base = _U(y) * uw
-        for s in range(row_first[y], row_first[y + 1]):
-            g = grp[s]
-            gl = lab.dtype.type(g if g >= 0 else ng)
-            for x in range(base + _U(sx0[s]), base + _U(sx1[s]) + _U(1)):
-                lab[x] = gl
-
-
-@numba.njit(**_JIT)
-def _group_boxes(v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, off):
+def _group_boxes(v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, off, lab):
     """Per group and level (index ``off[g] + j - 1``): first and last row and
     column holding a pixel of level ``lut[value] >= j`` (rows from the segments'
-    maxima, columns from the group's per-column maxima)."""
+    maxima, columns from the group's per-column maxima). Also writes the group
+    of every pixel into ``lab`` (``ng`` where never on)."""
     tot = off[ng]
     gy0 = np.empty(tot, np.int32)
     gy1 = np.empty(tot, np.int32)
@@ -304,14 +361,19 @@ def _group_boxes(v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, off):
         base = _U(y) * uw
         for s in range(row_first[y], row_first[y + 1]):
             g = grp[s]
-            if g < 0:
-                continue
             s0, s1 = _U(sx0[s]), _U(sx1[s])
+            if g < 0:
+                none = lab.dtype.type(ng)
+                for x in range(base + s0, base + s1 + _U(1)):
+                    lab[x] = none
+                continue
+            gl = lab.dtype.type(g)
             gxa[g] = min(gxa[g], np.int64(s0))
             gxb[g] = max(gxb[g], np.int64(s1))
             cb = _U(g) * uw
             for x in range(s0, s1 + _U(1)):
                 colmax[cb + x] = max(colmax[cb + x], v[base + x])
+                lab[base + x] = gl
     for g in range(ng):
         cb = g * w
         o = off[g] - 1
@@ -424,17 +486,37 @@ def _group_edges(v, h, w, diag, lut, lab, flags, ng):
                 break
             b1 = b0 + uw
             _edge_flags(h, w, diag, lab, y, flags)
+            # along a boundary the same pair comes again and again: keep its best
+            # weight in a register rather than in the table
+            key = _U(0)
+            best = np.uint8(0)
             for x in range(one, uw - one):
                 if flags[x] == 0:
                     continue
                 p = b0 + x
                 g = lab[p]
                 vp = v[p]
-                _pair_max(pair, stride, g, lab[p + one], min(vp, v[p + one]))
-                _pair_max(pair, stride, g, lab[b1 + x], min(vp, v[b1 + x]))
-                if diag:
-                    _pair_max(pair, stride, g, lab[b1 + x - one], min(vp, v[b1 + x - one]))
-                    _pair_max(pair, stride, g, lab[b1 + x + one], min(vp, v[b1 + x + one]))
+                for k in range(4 if diag else 2):
+                    if k == 0:
+                        nq = p + one
+                    elif k == 1:
+                        nq = b1 + x
+                    elif k == 2:
+                        nq = b1 + x - one
+                    else:
+                        nq = b1 + x + one
+                    gq = lab[nq]
+                    if gq == g:
+                        continue
+                    wt = min(vp, v[nq])
+                    kq = _U(min(g, gq)) * stride + _U(max(g, gq))
+                    if kq == key:
+                        best = max(best, wt)
+                    else:
+                        pair[key] = max(pair[key], best)
+                        key = kq
+                        best = wt
+            pair[key] = max(pair[key], best)
             # first and last column
             for xi in (0, w - 1):
                 x = _U(xi)
@@ -492,15 +574,18 @@ def _group_areas(v, h, w, lut, lab, off, out):
     A 2x2 cell of pixels with 4 corners on adds 2 (halves), with 3 corners 1:
     its two lowest corners s1 <= s2 make it add 1 at levels <= s2 and 1 more at
     levels <= s1. All on corners of such a cell are 8-connected, so the cell
-    belongs to the component of its highest corner (on whenever it counts).
-    Each row of cells is first reduced to (s1, s2, owner) in a loop LLVM
-    vectorises, then counted.
+    belongs to the component of the higher of its two top pixels (on whenever
+    the cell counts: it is at least the second lowest corner). Each row of cells
+    is first reduced to (s1, s2, owner) in a loop LLVM vectorises, then counted
+    (s1 and s2 in separate tables, so that the two counts never wait for each
+    other).
     """
     uw = _U(w)
     one = _U(1)
     ng = off.size - 1
-    # events per group (slot ng for cells without an on pixel) and level
-    hist = np.zeros((ng + 1) * 256, np.int32)
+    # events per group (slot ng for cells without an on pixel) and value
+    size = _U((ng + 1) * 256)
+    hist = np.zeros(2 * (ng + 1) * 256, np.int32)
     s1 = np.empty(w, np.uint8)
     s2 = np.empty(w, np.uint8)
     owner = np.empty(w, np.int32)
@@ -514,14 +599,12 @@ def _group_areas(v, h, w, lut, lab, off, out):
             lo2, hi2 = min(c, d), max(c, d)
             s2[x] = min(max(lo1, lo2), min(hi1, hi2))
             s1[x] = min(lo1, lo2)
-            top = np.int32(lab[p0 + x] if a >= b else lab[p0 + x + one])
-            bottom = np.int32(lab[p1 + x] if c >= d else lab[p1 + x + one])
-            owner[x] = (top if hi1 >= hi2 else bottom) * 256
+            owner[x] = np.int32(lab[p0 + x] if a >= b else lab[p0 + x + one]) * 256
         for x in range(uw - one):
             o = _U(owner[x])
             hist[o + _U(s1[x])] += 1
-            hist[o + _U(s2[x])] += 1
-    # events at level s count at every level <= s: suffix sums per group
+            hist[size + o + _U(s2[x])] += 1
+    # events at a value count at every level up to the value's: suffix sums
     for g in range(ng):
         acc = 0
         j = off[g + 1] - off[g]  # the group's top level
@@ -530,7 +613,8 @@ def _group_areas(v, h, w, lut, lab, off, out):
             while j > lev:
                 out[off[g] + j - 1] = acc
                 j -= 1
-            acc += hist[g * 256 + val]
+            k = _U(g * 256 + val)
+            acc += hist[k] + hist[size + k]
         while j > 0:
             out[off[g] + j - 1] = acc
             j -= 1
@@ -639,13 +723,14 @@ def upper_sets(v, h, w, conn, lut, want_area, want_border, segs, ns, labels):
     for g in range(ng):
         gmax[g] = lut[gmax[g]]
         off[g + 1] = off[g] + gmax[g]
-    gy0, gy1, gx0, gx1 = _group_boxes(v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, off)
     # one byte per pixel for the group labels when they fit (the usual case)
     if ng < 256:
-        _label_pixels(h, w, sx0, sx1, row_first, grp, ng, lab8)
+        gy0, gy1, gx0, gx1 = _group_boxes(v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, off, lab8)
         ea, eb, ew = _group_edges(v, h, w, diag, lut, lab8, flags, ng)
     else:
-        _label_pixels(h, w, sx0, sx1, row_first, grp, ng, lab32)
+        gy0, gy1, gx0, gx1 = _group_boxes(
+            v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, off, lab32
+        )
         ea, eb, ew = _group_edges(v, h, w, diag, lut, lab32, flags, ng)
     gaux = np.zeros(off[ng] if want_area else 0, np.int64)
     gbrd = np.zeros(ng if want_border else 0, np.int64)
@@ -689,11 +774,14 @@ def _best_iou(x0, y0, x1, y1, gt, g0, g1):
 
 
 @numba.njit(**_JIT)
-def box_ious(maps, gt, gt_first, need_tab, multi_contour, iou_k, amb, stats, q, fg, bg, labels, r):
+def box_ious(
+    maps, bits, gt, gt_first, need_tab, multi_contour, iou_k, amb, stats, q, fg, bg, labels, r
+):
     """The protocol's best IoU at every cut, for a batch of score maps.
 
     Args:
-      maps: ``[B, H, W]`` floats (C-contiguous).
+      maps: ``[B, H, W]`` floats (C-contiguous); ``bits``: the same memory
+        viewed as integers of the same width.
       gt, gt_first: ``gt[gt_first[i]:gt_first[i + 1]]`` are map i's int64
         ground-truth boxes.
       need_tab: ``need_tab[m, k]``: cut k is used when ``max(q) = m``.
@@ -713,7 +801,16 @@ def box_ious(maps, gt, gt_first, need_tab, multi_contour, iou_k, amb, stats, q, 
     namb = 0
     for i in range(bsz):
         v = q[i].ravel()
-        nf, nb, mn, mx, finite = scan(maps[i], v, fg, bg)
+        nf, nb, mnb, mxb = scan(maps[i], bits[i], v, fg, bg)
+        if mnb < 0:  # a value with the sign bit set: look at the values themselves
+            mn, mx, finite = _float_stats(maps[i])
+        else:  # all non-negative: +inf and NaN sort after every finite value
+            bits_one = bits[i, 0, :1].copy()
+            bits_one[0] = mnb
+            mn = np.float64(bits_one.view(maps.dtype)[0])
+            bits_one[0] = mxb
+            mx = np.float64(bits_one.view(maps.dtype)[0])
+            finite = np.isfinite(mx)
         stats[i, 0] = mn
         stats[i, 1] = mx
         stats[i, 2] = 1.0 if finite else 0.0

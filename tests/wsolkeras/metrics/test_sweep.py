@@ -79,9 +79,10 @@ def _components(img, conn, levels, area=False, border=False):
     ws = _sweep.Workspace(h, w)
     s = (img.astype(np.float64) + 0.5) / 255  # quantises back to img
     q = np.empty(h * w, np.uint8)
-    nf, nb, lo, hi, finite = _sweep.scan(s, q, ws.fg, ws.bg)
+    nf, nb, lo, hi = _sweep.scan(s, s.view(np.int64), q, ws.fg, ws.bg)
     np.testing.assert_array_equal(q.reshape(h, w), quantize(np.minimum(s, 1.0)))
-    assert (lo, hi, finite) == (s.min(), s.max(), True)
+    # the extremes' bit patterns (non-negative floats sort as their bits)
+    assert (lo, hi) == (s.min().view(np.int64), s.max().view(np.int64))
     # lut[v] = number of levels <= v
     lut = np.searchsorted(np.asarray(levels), np.arange(256), side="right").astype(np.uint8)
     return _sweep.upper_sets(q, h, w, conn, lut, area, border, ws.fg, nf, ws.labels)
@@ -148,11 +149,23 @@ def test_components_match_opencv_at_every_level(conn, every_level):
 
 def test_scan_segments_are_unimodal_both_ways():
     rng = np.random.default_rng(3)
-    for img in _random_images(rng, 30):
+    rows = [  # flat, monotone, plateaus at the ends, single pixels
+        [5, 5, 5, 5],
+        [1, 2, 2, 3],
+        [3, 3, 2, 1],
+        [2, 2, 3, 3, 1, 1],
+        [1, 1, 0, 0, 2, 2],
+        [0, 3, 0, 3, 0],
+        [3, 0, 3, 0, 3],
+        [7],
+    ]
+    hand = [np.array([r], np.uint8) for r in rows] + [np.array([r], np.uint8).T for r in rows]
+    for img in hand + _random_images(rng, 30):
         h, w = img.shape
         ws = _sweep.Workspace(h, w)
         q = np.empty(h * w, np.uint8)
-        nf, nb, *_ = _sweep.scan((img + 0.5) / 255, q, ws.fg, ws.bg)
+        s = (img + 0.5) / 255
+        nf, nb, *_ = _sweep.scan(s, s.view(np.int64), q, ws.fg, ws.bg)
         for (x0, x1, val, pf, pl, first), ns, sign in ((ws.fg, nf, 1), (ws.bg, nb, -1)):
             assert first[h] == ns
             for y in range(h):
