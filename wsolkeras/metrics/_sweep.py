@@ -374,23 +374,30 @@ def _group_boxes(v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, off, lab):
             for x in range(s0, s1 + _U(1)):
                 colmax[cb + x] = max(colmax[cb + x], v[base + x])
                 lab[base + x] = gl
+    # first (last) column reaching each level, scanning from the left (right) up
+    # to the group's top level
     for g in range(ng):
-        cb = g * w
+        cb = _U(g) * uw
         o = off[g] - 1
+        peak = off[g + 1] - off[g]
         top = 0
-        for x in range(gxa[g], gxb[g] + 1):
-            c = lut[colmax[cb + x]]
+        for x in range(_U(gxa[g]), _U(gxb[g]) + _U(1)):
+            c = np.int64(lut[colmax[cb + x]])
             if c > top:
                 for lev in range(top + 1, c + 1):
                     gx0[o + lev] = x
                 top = c
+                if top == peak:
+                    break
         top = 0
         for x in range(gxb[g], gxa[g] - 1, -1):
-            c = lut[colmax[cb + x]]
+            c = np.int64(lut[colmax[cb + _U(x)]])
             if c > top:
                 for lev in range(top + 1, c + 1):
                     gx1[o + lev] = x
                 top = c
+                if top == peak:
+                    break
     return gy0, gy1, gx0, gx1
 
 
@@ -661,6 +668,10 @@ def _sweep_levels(nlev, ng, gmax, off, ea, eb, ew, gx0, gy0, gx1, gy1, gaux, gbr
             if gmax[rb] > gmax[ra] or (gmax[rb] == gmax[ra] and rb < ra):
                 ra, rb = rb, ra
             uf[rb] = ra  # ra absorbs rb
+            if aux_kind == 2:
+                gbrd[ra] = max(gbrd[ra], gbrd[rb])
+                if gbrd[ra] >= wt:
+                    continue  # touches the border at every level from here down
             oa, ob = _U(off[ra]), _U(off[rb])
             for i in range(wt):
                 gx0[oa + i] = min(gx0[oa + i], gx0[ob + i])
@@ -670,13 +681,13 @@ def _sweep_levels(nlev, ng, gmax, off, ea, eb, ew, gx0, gy0, gx1, gy1, gaux, gbr
             if aux_kind == 1:
                 for i in range(wt):
                     gaux[oa + i] += gaux[ob + i]
-            elif aux_kind == 2:
-                gbrd[ra] = max(gbrd[ra], gbrd[rb])
         j = 0
         for i in range(nalive):
             g = alive[i]
             if uf[g] != g:
                 continue
+            if aux_kind == 2 and gbrd[g] >= lev:
+                continue  # holds a border pixel at this level and below: never a hole
             alive[j] = g
             j += 1
             k = off[g] + lev - 1
@@ -684,12 +695,7 @@ def _sweep_levels(nlev, ng, gmax, off, ea, eb, ew, gx0, gy0, gx1, gy1, gaux, gbr
             r_y0[nr] = gy0[k]
             r_x1[nr] = gx1[k]
             r_y1[nr] = gy1[k]
-            if aux_kind == 1:
-                r_aux[nr] = gaux[k]
-            elif aux_kind == 2:
-                r_aux[nr] = gbrd[g]
-            else:
-                r_aux[nr] = 0
+            r_aux[nr] = gaux[k] if aux_kind == 1 else 0
             nr += 1
         nalive = j
     level_start[1] = nr
@@ -709,8 +715,9 @@ def upper_sets(v, h, w, conn, lut, want_area, want_border, segs, ns, labels):
     Returns ``(x0, y0, x1, y1, aux, level_start)``: one record per (level,
     component), levels in decreasing order; the records of level j are
     ``level_start[j + 1] : level_start[j]``. ``aux`` is twice the bit-quad area
-    of the component's pixels (``want_area``), the highest level at which the
-    component holds a pixel of the image border (``want_border``), or 0.
+    of the component's pixels (``want_area``), or 0. With ``want_border`` only
+    the components holding no pixel of the image border (the holes, when ``v``
+    is the background) are returned.
     """
     sx0, sx1, sv, spf, spl, row_first = segs
     lab8, lab32, flags = labels
@@ -847,7 +854,7 @@ def box_ious(
         f_x0, f_y0, f_x1, f_y1, f_aux, f_start = upper_sets(
             v, h, w, 8, lut_fg, not multi_contour, False, fg, nf, labels
         )
-        b_x0, b_y0, b_x1, b_y1, b_aux, b_start = upper_sets(
+        b_x0, b_y0, b_x1, b_y1, _, b_start = upper_sets(
             r, h, w, 4, lut_bg, False, True, bg, nb, labels
         )
         for k in range(kmax + 1):
@@ -863,9 +870,7 @@ def box_ious(
                     x1 = min(f_x1[j] + 1, w - 1)
                     y1 = min(f_y1[j] + 1, h - 1)
                     best = max(best, _best_iou(f_x0[j], f_y0[j], x1, y1, gt, g0, g1))
-                for j in range(ha, hb):
-                    if b_aux[j] >= lb:
-                        continue  # touches the image border: not a hole
+                for j in range(ha, hb):  # holes
                     x1 = min(b_x1[j] + 2, w - 1)
                     y1 = min(b_y1[j] + 2, h - 1)
                     best = max(best, _best_iou(b_x0[j] - 1, b_y0[j] - 1, x1, y1, gt, g0, g1))
@@ -885,8 +890,7 @@ def box_ious(
                     bound = f_aux[j]
                     for m in range(ha, hb):
                         if (
-                            b_aux[m] < lb
-                            and f_x0[j] < b_x0[m]
+                            f_x0[j] < b_x0[m]
                             and f_y0[j] < b_y0[m]
                             and f_x1[j] > b_x1[m]
                             and f_y1[j] > b_y1[m]
