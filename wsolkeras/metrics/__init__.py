@@ -4,8 +4,10 @@
 * ``MaskEvaluator``: PxAP.
 * ``cam_to_scoremap``: raw maps -> the protocol's score maps.
 
-numpy and OpenCV only; the numbers equal those of the protocol's reference
-implementation (clovaai/wsolevaluation) on the same maps and boxes.
+numpy, OpenCV and numba (the box metrics' all-thresholds sweep is compiled; its
+first use compiles it, or loads it from ``__pycache__``), no Keras; the numbers
+equal those of the protocol's reference implementation (clovaai/wsolevaluation)
+on the same maps and boxes.
 """
 
 from wsolkeras.metrics.box import BoxEvaluator

@@ -1,10 +1,10 @@
 """Box localisation metrics of the WSOL protocol: MaxBoxAcc, MaxBoxAccV2, mIoU, Top-1 Loc.
 
 The numbers are those of the protocol's reference (clovaai/wsolevaluation,
-WSOL_PROTOCOL.md section 1) for the same score maps and boxes; the evaluation is
-done per batch with all thresholds at once (see ``_boxes`` and ``_forest``),
-and only per-threshold counts are kept, so memory does not grow with the
-number of maps.
+WSOL_PROTOCOL.md section 1) for the same score maps and boxes; each map is
+evaluated at all thresholds at once by a compiled sweep (see ``_boxes`` and
+``_sweep``), and only per-threshold counts are kept, so memory does not grow
+with the number of maps.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from wsolkeras.metrics._boxes import LevelIoU
-from wsolkeras.metrics.scoremap import prepare_scoremaps, quantize
 
 
 def _check_interval(interval: float) -> float:
@@ -22,6 +21,32 @@ def _check_interval(interval: float) -> float:
     if not 0.0 < interval < 1.0:
         raise ValueError(f"cam_curve_interval must be in (0, 1), got {interval}")
     return interval
+
+
+def _as_maps(scoremaps) -> np.ndarray:
+    """Score maps as C-contiguous float32/float64 ``[B, H, W]`` (no copy if they are)."""
+    arr = np.asarray(scoremaps)
+    if arr.ndim != 3 or arr.shape[1] == 0 or arr.shape[2] == 0:
+        raise ValueError(f"scoremaps must have shape [B, H, W] with H, W > 0, got {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"scoremaps must be real numbers, got dtype {arr.dtype}")
+    # The reference evaluates float64 maps; float32 values are converted exactly
+    # inside the sweep, other types here.
+    dtype = arr.dtype if arr.dtype in (np.float32, np.float64) else np.float64
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _check_range(stats: np.ndarray, first: int) -> None:
+    """Raises for a map outside [0, 1] that the protocol would not turn into zeros
+    (``stats``: each map's min, max and whether it is all finite)."""
+    lo, hi, finite = stats[:, 0], stats[:, 1], stats[:, 2] > 0
+    bad = finite & (lo != hi) & ((lo < 0) | (hi > 1))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"scoremaps[{first + i}] has values in [{lo[i]}, {hi[i]}], outside [0, 1]; "
+            "normalise raw maps with wsolkeras.metrics.cam_to_scoremap first"
+        )
 
 
 def _as_boxes(boxes, index: int) -> np.ndarray:
@@ -61,9 +86,9 @@ class BoxEvaluator:
         ``arange(0, 1, cam_curve_interval)`` (1.0 excluded).
       multi_contour: True keeps the box of every contour (MaxBoxAccV2); False
         keeps only the contour with the largest ``cv2.contourArea`` (MaxBoxAcc).
-      chunk_size: maps are buffered (as uint8) and evaluated this many at a
-        time; the working memory is about 2 MB per 224x224 map of a chunk
-        (130 MB at 64), whatever the number of maps.
+      chunk_size: maps are evaluated this many at a time; the working memory is
+        about 60 kB per 224x224 map of a chunk (4 MB at 64) plus a few MB of
+        scratch, whatever the number of maps.
 
     Protocol (WSOL_PROTOCOL.md section 1), per map and tau: ``q = uint8(s * 255)``,
     foreground ``q > int(tau * max(q))``, OpenCV's contours of it (8-connected
@@ -122,8 +147,6 @@ class BoxEvaluator:
         self._iou_sum = np.zeros(ntau, np.float64)
         self._num_classified = 0
         self._with_class: bool | None = None
-        self._buffer: list[tuple[np.ndarray, list[np.ndarray], np.ndarray | None]] = []
-        self._buffered = 0
 
     def update(
         self,
@@ -139,8 +162,10 @@ class BoxEvaluator:
             y1)`` at that resolution (``N_i`` may be 0).
           correct: optional B booleans, whether the predicted class was right
             (for Top-1 Loc). Give it for every batch or for none.
+
+        A batch with bad input raises ``ValueError`` and adds nothing.
         """
-        maps = prepare_scoremaps(scoremaps)
+        maps = _as_maps(scoremaps)
         bsz = maps.shape[0]
         if len(gt_boxes) != bsz:
             raise ValueError(
@@ -159,45 +184,35 @@ class BoxEvaluator:
             if flags.dtype != bool and not np.isin(flags, (0, 1)).all():
                 raise ValueError("correct must hold booleans (predicted class right or not)")
             flags = flags.astype(bool)
-        if self._with_class is None:
-            self._with_class = flags is not None
-        elif self._with_class != (flags is not None):
+        if self._with_class is not None and self._with_class != (flags is not None):
             raise ValueError(
                 "correct was given for some batches and not for others; give it for all "
                 "batches (Top-1 Loc) or for none"
             )
-        if self._buffer and self._buffer[0][0].shape[1:] != maps.shape[1:]:
-            self._flush()
-        self._buffer.append((quantize(maps), boxes, flags))
-        self._buffered += bsz
-        if self._buffered >= self.chunk_size:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._buffer:
-            return
-        q = np.concatenate([b[0] for b in self._buffer])
-        boxes = [g for b in self._buffer for g in b[1]]
-        flags = None
-        if self._with_class:
-            flags = np.concatenate([b[2] for b in self._buffer])
-        self._buffer, self._buffered = [], 0
-        for start in range(0, q.shape[0], self.chunk_size):
-            stop = start + self.chunk_size
-            ious = self._ious(q[start:stop], boxes[start:stop])
-            self._accumulate(ious, None if flags is None else flags[start:stop])
-
-    def _accumulate(self, ious: np.ndarray, flags: np.ndarray | None) -> None:
+        # counts of this batch, added to the totals once every map has passed
+        ntau = self.taus.size
+        correct_counts = {t: np.zeros(ntau, np.int64) for t in self.iou_thresholds}
+        top1_counts = {t: np.zeros(ntau, np.int64) for t in self.iou_thresholds}
+        iou_sum = self._iou_sum.copy()
+        for start in range(0, bsz, self.chunk_size):
+            stop = min(start + self.chunk_size, bsz)
+            ious, stats = self._ious(maps[start:stop], boxes[start:stop])
+            _check_range(stats, start)
+            for t in self.iou_thresholds:
+                hit = ious >= t / 100  # the reference compares with _THRESHOLD / 100
+                correct_counts[t] += hit.sum(axis=0)
+                if flags is not None:
+                    top1_counts[t] += (hit & flags[start:stop, None]).sum(axis=0)
+            for row in ious:  # image by image, as a running mean over images would
+                iou_sum += row
         for t in self.iou_thresholds:
-            hit = ious >= t / 100  # the reference compares with _THRESHOLD / 100
-            self._num_correct[t] += hit.sum(axis=0)
-            if flags is not None:
-                self._num_top1[t] += (hit & flags[:, None]).sum(axis=0)
-        for row in ious:  # image by image, as a running mean over images would
-            self._iou_sum += row
+            self._num_correct[t] += correct_counts[t]
+            self._num_top1[t] += top1_counts[t]
+        self._iou_sum = iou_sum
         if flags is not None:
-            self._num_classified += flags.size
-        self.count += ious.shape[0]
+            self._num_classified += bsz
+        self._with_class = flags is not None
+        self.count += bsz
 
     def result(self) -> dict:
         """The metrics over every map seen since the last reset.
@@ -212,7 +227,6 @@ class BoxEvaluator:
           ``box_acc_curve``: {IoU %: BoxAcc (%) at every tau}; ``miou_curve``: mean
           IoU at every tau; ``taus``: the thresholds; ``count``: number of maps.
         """
-        self._flush()
         if self.count == 0:
             raise ValueError("BoxEvaluator.result() called before any update()")
         curves = {t: self._num_correct[t] * 100.0 / float(self.count) for t in self.iou_thresholds}
@@ -239,7 +253,6 @@ class BoxEvaluator:
         another evaluator) and reports on test at that tau. ``top1_loc`` (correct
         class and IoU >= iou) is None unless ``correct`` was given to ``update``.
         """
-        self._flush()
         if self.count == 0:
             raise ValueError("BoxEvaluator.loc_accuracy() called before any update()")
         if iou not in self.iou_thresholds:

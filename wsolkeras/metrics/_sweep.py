@@ -1,0 +1,909 @@
+"""Connected components of every level set of a score map, in one compiled sweep.
+
+The protocol thresholds a quantised map at up to 255 cuts and asks OpenCV for
+the contours of each binary image; redoing the labelling at every cut costs
+cuts x pixels. Here a few passes over the pixels build a small graph from which
+the components of every level come out (``upper_sets``):
+
+* Every row is cut into unimodal pieces ("segments": non-decreasing, then
+  non-increasing). At any level l the pixels ``>= l`` of a segment form one
+  run, so a segment is connected at every level where it is on, with 4- and
+  with 8-connectivity.
+* Every segment not holding a regional maximum links to an "uphill" segment of
+  the row above or below: one touching its maximum m with a pixel ``>= m``, so
+  connected to it at every level where the segment is on. The links form a
+  forest (each goes up in the order (maximum, index)); each tree, a "group",
+  is connected at every level below its root's maximum, and there is about
+  one group per regional maximum.
+* A group's box at every level comes from its segments' maxima per row and its
+  per-column maxima (the first row whose maximum is ``>= l``, and so on).
+* Two groups touch at level l exactly when some pair of adjacent pixels across
+  them is ``>= l``: the highest such level is the weight of the edge between
+  them (found on the few pixels where the group label changes).
+* The components at level l are unions of groups joined by edges of weight
+  ``>= l``: a Kruskal sweep from the top level down emits, at every level asked
+  for, the box of every component with, on request, the highest level at which
+  it holds an image-border pixel (for holes) or twice its bit-quad area (for
+  the largest contour).
+
+``box_ious`` applies it to a batch of quantised maps: foreground components
+(8-connected, ``q > k``) and holes (4-connected components of ``q <= k`` holding
+no border pixel, found by the same sweep on ``k_max + 1 - q``), their boxes as
+OpenCV's contours give them, and the best IoU with the ground-truth boxes at
+every cut. Everything is compiled with numba; per-pixel loops index with
+unsigned integers (numba checks signed indices for wrap-around, which stops
+LLVM from vectorising them).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_JIT = {"cache": True, "nogil": True}
+_U = np.uint64
+
+
+class Workspace:
+    """Scratch arrays for maps of ``h x w`` pixels, reused map after map: the
+    segments of the foreground and background scans (``(first column, last
+    column, value, first and last column at the value, first segment of each
+    row)``), the group of each pixel (one byte when there are fewer than 256
+    groups, else four) and a row of flags."""
+
+    def __init__(self, h: int, w: int):
+        n = h * w
+
+        def segments():
+            return (
+                np.empty(n, np.int32),
+                np.empty(n, np.int32),
+                np.empty(n, np.uint8),
+                np.empty(n, np.int32),
+                np.empty(n, np.int32),
+                np.empty(h + 1, np.int64),
+            )
+
+        self.fg = segments()
+        self.bg = segments()
+        self.labels = (np.empty(n, np.uint8), np.empty(n, np.int32), np.empty(w, np.uint8))
+        self.q = np.empty(n, np.uint8)
+        self.r = np.empty(n, np.uint8)
+
+
+@numba.njit(**_JIT)
+def _run_start(q, base, x, lo):
+    """First column (not before ``lo``) of the run of values equal to column x's."""
+    v = q[base + _U(x)]
+    while x > lo and q[base + _U(x - 1)] == v:
+        x -= 1
+    return x
+
+
+@numba.njit(**_JIT)
+def _run_end(q, base, x, hi):
+    """Last column (not after ``hi``) of the run of values equal to column x's."""
+    v = q[base + _U(x)]
+    while x < hi and q[base + _U(x + 1)] == v:
+        x += 1
+    return x
+
+
+@numba.njit(**_JIT)
+def _first_move(q, base, w):
+    """+1 if the row first rises, -1 if it first falls, 0 if it is flat."""
+    v = q[base]
+    for x in range(1, w):
+        a = q[base + _U(x)]
+        if a != v:
+            return 1 if a > v else -1
+    return 0
+
+
+@numba.njit(**_JIT)
+def scan(s, bits, q, fg, bg):
+    """Quantises one map ``s [H, W]`` (floats) as the protocol does, ``q =
+    uint8(s * 255)`` (truncation), into ``q`` (flat), and cuts every row into
+    segments for both sweeps (see ``Workspace`` for ``fg`` and ``bg``).
+
+    Foreground segments are unimodal (non-decreasing, then non-increasing: a new
+    one starts where the row rises after having fallen), with their maximum and
+    its first and last column; background segments the other way round (a new
+    one starts where the row falls after having risen, i.e. right after each
+    foreground segment's top when it was reached by a rise), with their minimum.
+
+    ``bits`` is ``s`` viewed as integers of its width: their minimum and maximum
+    are returned with the segment counts, ``(nf, nb, min bits, max bits)`` (for
+    non-negative floats, integer order is value order; a loop LLVM vectorises,
+    unlike float minima that must mind NaN).
+    """
+    fx0, fx1, fv, fpf, fpl, frf = fg
+    bx0, bx1, bv, bpf, bpl, brf = bg
+    h, w = s.shape
+    uw = _U(w)
+    one = _U(1)
+    mn = bits[0, 0]
+    mx = bits[0, 0]
+    nf = 0
+    nb = 0
+    for y in range(h):
+        frf[y] = nf
+        brf[y] = nb
+        base = _U(y) * uw
+        row = s[y]
+        row_bits = bits[y]
+        for x in range(uw):
+            b = row_bits[x]
+            mn = min(mn, b)
+            mx = max(mx, b)
+            q[base + x] = np.uint8(min(max(np.float64(row[x]) * 255.0, 0.0), 255.0))
+        # foreground segments; the top plateau is extended while not yet falling
+        prev = q[base]
+        f_start, f_falling, f_top, f_pf, f_pl = _U(0), False, prev, _U(0), _U(0)
+        for x in range(one, uw):
+            a = q[base + x]
+            if a > prev:
+                if f_falling:
+                    fx0[nf], fx1[nf], fv[nf], fpf[nf], fpl[nf] = f_start, x - one, f_top, f_pf, f_pl
+                    nf += 1
+                    f_start = x
+                    f_falling = False
+                f_top, f_pf, f_pl = a, x, x
+            elif a < prev:
+                f_falling = True
+            elif not f_falling:
+                f_pl = x
+            prev = a
+        fx0[nf], fx1[nf], fv[nf], fpf[nf], fpl[nf] = f_start, uw - one, f_top, f_pf, f_pl
+        nf += 1
+        # background segments: each holds one valley floor (ending right before a
+        # foreground split) or a monotone end of the row
+        f0 = frf[y]
+        b_start = 0
+        valley = -1  # last column of the valley floor in the current bg segment
+        for i in range(f0, nf + 1):
+            if i < nf:
+                if i > f0:
+                    valley = np.int64(fx0[i]) - 1
+                rose = i > f0 or fpf[i] > 0
+                if not (rose and fpl[i] < fx1[i]):
+                    continue  # no fall after a rise to this top: no bg split
+                cut = np.int64(fpl[i]) + 1
+            else:
+                cut = w
+            end = cut - 1
+            if valley >= b_start:
+                last = valley
+                first = _run_start(q, base, last, b_start)
+            elif b_start == 0 and _first_move(q, base, w) > 0:
+                first = 0
+                last = _run_end(q, base, 0, end)
+            else:
+                last = end
+                first = _run_start(q, base, last, b_start)
+            bx0[nb], bx1[nb], bv[nb], bpf[nb], bpl[nb] = (
+                b_start,
+                end,
+                q[base + _U(last)],
+                first,
+                last,
+            )
+            nb += 1
+            b_start = cut
+            valley = -1
+    frf[h] = nf
+    brf[h] = nb
+    return nf, nb, mn, mx
+
+
+@numba.njit(**_JIT)
+def _float_stats(s):
+    """Minimum, maximum and whether all values are finite, value by value."""
+    mn = s[0, 0]
+    mx = s[0, 0]
+    finite = True
+    for y in range(s.shape[0]):
+        for x in range(s.shape[1]):
+            a = s[y, x]
+            if not np.isfinite(a):
+                finite = False
+            mn = min(mn, a)
+            mx = max(mx, a)
+    return np.float64(mn), np.float64(mx), finite
+
+
+@numba.njit(**_JIT)
+def _find(parent, a):
+    while parent[a] != a:
+        parent[a] = parent[parent[a]]
+        a = parent[a]
+    return a
+
+
+@numba.njit(**_JIT)
+def _segment_at(sx0, lo, hi, x):
+    """The segment among ``lo .. hi - 1`` (one row, in order) holding column x."""
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if sx0[mid] <= x:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@numba.njit(**_JIT)
+def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns):
+    """Links every segment to an uphill segment (see the module docstring) and
+    labels the trees. Returns the group of each segment (-1: never on), the
+    number of groups and their maxima.
+
+    The uphill segment of s is looked for next to its top plateau in the rows
+    above and below: a link s -> t needs a pixel >= m (s's maximum) of t touching
+    a pixel of s at m, and (max(t), t) > (m, s) so that links never cycle. A tree
+    whose root touches another tree's pixel at the root's maximum (a plateau cut
+    into several segments) is then merged into it: the union is still connected
+    at every level below its maximum.
+    """
+    up = np.full(ns, -1, np.int64)
+    peer = np.full(ns, -1, np.int64)
+    uw = _U(w)
+    ud = _U(d)
+    for y in range(h):
+        for s in range(row_first[y], row_first[y + 1]):
+            m = sv[s]
+            if m == 0:
+                continue
+            pf, pl = _U(spf[s]), _U(spl[s])
+            lo = pf - ud if pf >= ud else _U(0)
+            hi = min(pl + ud, uw - _U(1))
+            found = -1
+            for k in range(2):
+                yy = y - 1 + 2 * k
+                if yy < 0 or yy >= h:
+                    continue
+                base = _U(yy) * uw
+                for x in range(lo, hi + _U(1)):
+                    a = v[base + x]
+                    if a < m:
+                        continue
+                    t = _segment_at(sx0, row_first[yy], row_first[yy + 1], np.int64(x))
+                    if a > m or sv[t] > m or t > s:
+                        found = t
+                        break
+                    peer[s] = t
+                if found >= 0:
+                    break
+            up[s] = found
+    grp = np.full(ns, -2, np.int64)
+    stack = np.empty(ns, np.int64)
+    ntree = 0
+    root_of = np.empty(ns, np.int64)
+    for s in range(ns):
+        if sv[s] == 0:
+            grp[s] = -1
+    for s in range(ns):
+        if grp[s] != -2:
+            continue
+        top = 0
+        r = s
+        while grp[r] == -2 and up[r] >= 0:
+            stack[top] = r
+            top += 1
+            r = up[r]
+        if grp[r] == -2:
+            grp[r] = ntree
+            root_of[ntree] = r
+            ntree += 1
+        g = grp[r]
+        for i in range(top):
+            grp[stack[i]] = g
+    # trees meeting at a plateau at the top of one of them
+    uf = np.arange(ntree, dtype=np.int64)
+    for tr in range(ntree):
+        t = peer[root_of[tr]]
+        if t >= 0:
+            ra, rb = _find(uf, tr), _find(uf, grp[t])
+            if ra != rb:
+                uf[max(ra, rb)] = min(ra, rb)
+    gid = np.full(ntree, -1, np.int64)
+    ng = 0
+    for tr in range(ntree):
+        if _find(uf, tr) == tr:
+            gid[tr] = ng
+            ng += 1
+    gmax = np.zeros(ng, np.int64)
+    for s in range(ns):
+        g = grp[s]
+        if g >= 0:
+            g = gid[_find(uf, g)]
+            grp[s] = g
+            gmax[g] = max(gmax[g], np.int64(sv[s]))
+    return grp, ng, gmax
+
+
+@numba.njit(**_JIT)
+def _group_boxes(v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, off, lab):
+    """Per group and level (index ``off[g] + j - 1``): first and last row and
+    column holding a pixel of level ``lut[value] >= j`` (rows from the segments'
+    maxima, columns from the group's per-column maxima). Also writes the group
+    of every pixel into ``lab`` (``ng`` where never on)."""
+    tot = off[ng]
+    gy0 = np.empty(tot, np.int32)
+    gy1 = np.empty(tot, np.int32)
+    gx0 = np.empty(tot, np.int32)
+    gx1 = np.empty(tot, np.int32)
+    best = np.zeros(ng, np.int64)
+    for y in range(h):
+        for s in range(row_first[y], row_first[y + 1]):
+            g = grp[s]
+            top = lut[sv[s]]
+            if g >= 0 and top > best[g]:
+                o = off[g] - 1
+                for lev in range(best[g] + 1, top + 1):
+                    gy0[o + lev] = y
+                best[g] = top
+    best[:] = 0
+    for y in range(h - 1, -1, -1):
+        for s in range(row_first[y], row_first[y + 1]):
+            g = grp[s]
+            top = lut[sv[s]]
+            if g >= 0 and top > best[g]:
+                o = off[g] - 1
+                for lev in range(best[g] + 1, top + 1):
+                    gy1[o + lev] = y
+                best[g] = top
+    uw = _U(w)
+    colmax = np.zeros(ng * w, np.uint8)
+    gxa = np.full(ng, w, np.int64)
+    gxb = np.full(ng, -1, np.int64)
+    for y in range(h):
+        base = _U(y) * uw
+        for s in range(row_first[y], row_first[y + 1]):
+            g = grp[s]
+            s0, s1 = _U(sx0[s]), _U(sx1[s])
+            if g < 0:
+                none = lab.dtype.type(ng)
+                for x in range(base + s0, base + s1 + _U(1)):
+                    lab[x] = none
+                continue
+            gl = lab.dtype.type(g)
+            gxa[g] = min(gxa[g], np.int64(s0))
+            gxb[g] = max(gxb[g], np.int64(s1))
+            cb = _U(g) * uw
+            for x in range(s0, s1 + _U(1)):
+                colmax[cb + x] = max(colmax[cb + x], v[base + x])
+                lab[base + x] = gl
+    # first (last) column reaching each level, scanning from the left (right) up
+    # to the group's top level
+    for g in range(ng):
+        cb = _U(g) * uw
+        o = off[g] - 1
+        peak = off[g + 1] - off[g]
+        top = 0
+        for x in range(_U(gxa[g]), _U(gxb[g]) + _U(1)):
+            c = np.int64(lut[colmax[cb + x]])
+            if c > top:
+                for lev in range(top + 1, c + 1):
+                    gx0[o + lev] = x
+                top = c
+                if top == peak:
+                    break
+        top = 0
+        for x in range(gxb[g], gxa[g] - 1, -1):
+            c = np.int64(lut[colmax[cb + _U(x)]])
+            if c > top:
+                for lev in range(top + 1, c + 1):
+                    gx1[o + lev] = x
+                top = c
+                if top == peak:
+                    break
+    return gy0, gy1, gx0, gx1
+
+
+@numba.njit(**_JIT)
+def _edge_flags(h, w, diag, lab, y, flags):
+    """flags[x] for 0 < x < w - 1: pixel (y, x) has a right or lower (8-connected:
+    also diagonal) neighbour in another group; a loop LLVM vectorises."""
+    uw = _U(w)
+    one = _U(1)
+    b0 = _U(y) * uw
+    b1 = b0 + uw
+    if diag:
+        for x in range(one, uw - one):
+            p = b0 + x
+            a = lab[p]
+            flags[x] = np.uint8(
+                (a != lab[p + one])
+                | (a != lab[b1 + x])
+                | (a != lab[b1 + x - one])
+                | (a != lab[b1 + x + one])
+            )
+    else:
+        for x in range(one, uw - one):
+            p = b0 + x
+            a = lab[p]
+            flags[x] = np.uint8((a != lab[p + one]) | (a != lab[b1 + x]))
+    flags[0] = 1
+    flags[w - 1] = 1
+
+
+@numba.njit(inline="always", **_JIT)
+def _pair_max(pair, stride, ga, gb, wt):
+    """Keeps the highest weight seen between groups ga and gb, without a branch:
+    the table also has entries for a group with itself and for "no group",
+    never read."""
+    i = _U(min(ga, gb)) * stride + _U(max(ga, gb))
+    pair[i] = max(pair[i], wt)
+
+
+@numba.njit(**_JIT)
+def _touching_pairs(v, h, w, diag, lab, flags, ng):
+    """Every pair of 4- (or 8-) adjacent pixels in different groups, as rows
+    ``(group, group, min of the two values)`` (weights 0 left out)."""
+    out = np.empty((4 * h * w, 3), np.int64)
+    ne = 0
+    for y in range(h):
+        if y < h - 1:
+            _edge_flags(h, w, diag, lab, y, flags)
+        for x in range(w):
+            p = y * w + x
+            g = np.int64(lab[p])
+            if g == ng or (y < h - 1 and flags[x] == 0):
+                continue
+            for dy, dx in ((0, 1), (1, 0), (1, -1), (1, 1)):
+                if dy != 0 and dx != 0 and not diag:
+                    continue
+                yy, xx = y + dy, x + dx
+                if yy >= h or xx < 0 or xx >= w:
+                    continue
+                q = yy * w + xx
+                gq = np.int64(lab[q])
+                wt = min(v[p], v[q])
+                if gq != ng and gq != g and wt != 0:
+                    out[ne, 0] = min(g, gq)
+                    out[ne, 1] = max(g, gq)
+                    out[ne, 2] = wt
+                    ne += 1
+    return out[:ne]
+
+
+@numba.njit(**_JIT)
+def _group_edges(v, h, w, diag, lut, lab, flags, ng):
+    """The highest level (``lut[value]``) at which each pair of touching groups
+    touch, as ``(g1, g2, weight)`` arrays sorted by decreasing weight.
+
+    Only pixels whose right or lower neighbours lie in another group are looked
+    at (``_edge_flags``). With up to 255 groups (the usual case) the best weight
+    of each pair is kept in a table; with more, every touching pair is listed.
+    ``lab`` holds ``ng`` where there is no group."""
+    if ng > 255:
+        edges = _touching_pairs(v, h, w, diag, lab, flags, ng)
+        ne = edges.shape[0]
+    else:
+        stride = _U(ng + 1)  # groups 0 .. ng - 1 and ng: no group
+        pair = np.zeros((ng + 1) * (ng + 1), np.uint8)
+        uw = _U(w)
+        one = _U(1)
+        for y in range(h):
+            b0 = _U(y) * uw
+            if y == h - 1:  # last row: right neighbours only
+                for x in range(b0, b0 + uw - one):
+                    _pair_max(pair, stride, lab[x], lab[x + one], min(v[x], v[x + one]))
+                break
+            b1 = b0 + uw
+            _edge_flags(h, w, diag, lab, y, flags)
+            # along a boundary the same pair comes again and again: keep its best
+            # weight in a register rather than in the table
+            key = _U(0)
+            best = np.uint8(0)
+            for x in range(one, uw - one):
+                if flags[x] == 0:
+                    continue
+                p = b0 + x
+                g = lab[p]
+                vp = v[p]
+                for k in range(4 if diag else 2):
+                    if k == 0:
+                        nq = p + one
+                    elif k == 1:
+                        nq = b1 + x
+                    elif k == 2:
+                        nq = b1 + x - one
+                    else:
+                        nq = b1 + x + one
+                    gq = lab[nq]
+                    if gq == g:
+                        continue
+                    wt = min(vp, v[nq])
+                    kq = _U(min(g, gq)) * stride + _U(max(g, gq))
+                    if kq == key:
+                        best = max(best, wt)
+                    else:
+                        pair[key] = max(pair[key], best)
+                        key = kq
+                        best = wt
+            pair[key] = max(pair[key], best)
+            # first and last column
+            for xi in (0, w - 1):
+                x = _U(xi)
+                p = b0 + x
+                g = lab[p]
+                vp = v[p]
+                if xi + 1 < w:
+                    _pair_max(pair, stride, g, lab[p + one], min(vp, v[p + one]))
+                _pair_max(pair, stride, g, lab[b1 + x], min(vp, v[b1 + x]))
+                if diag and xi > 0:
+                    _pair_max(pair, stride, g, lab[b1 + x - one], min(vp, v[b1 + x - one]))
+                if diag and xi + 1 < w:
+                    _pair_max(pair, stride, g, lab[b1 + x + one], min(vp, v[b1 + x + one]))
+        ne = 0
+        for a in range(ng):
+            for b in range(a + 1, ng):
+                if pair[a * (ng + 1) + b] != 0:
+                    ne += 1
+        edges = np.empty((ne, 3), np.int64)
+        ne = 0
+        for a in range(ng):
+            for b in range(a + 1, ng):
+                wt = pair[a * (ng + 1) + b]
+                if wt != 0:
+                    edges[ne, 0] = a
+                    edges[ne, 1] = b
+                    edges[ne, 2] = wt
+                    ne += 1
+    # levels, by decreasing level (counting sort)
+    for e in range(ne):
+        edges[e, 2] = lut[edges[e, 2]]
+    pos = np.zeros(257, np.int64)
+    for e in range(ne):
+        pos[256 - edges[e, 2]] += 1
+    for i in range(1, 257):
+        pos[i] += pos[i - 1]
+    ea = np.empty(ne, np.int64)
+    eb = np.empty(ne, np.int64)
+    ew = np.empty(ne, np.int64)
+    for e in range(ne):
+        i = 255 - edges[e, 2]
+        j = pos[i]
+        pos[i] += 1
+        ea[j] = edges[e, 0]
+        eb[j] = edges[e, 1]
+        ew[j] = edges[e, 2]
+    return ea, eb, ew
+
+
+@numba.njit(**_JIT)
+def _group_areas(v, h, w, lut, lab, off, out):
+    """Twice the bit-quad area of each group's pixels of level ``lut[value] >= j``,
+    at every level j (``out[off[g] + j - 1]``).
+
+    A 2x2 cell of pixels with 4 corners on adds 2 (halves), with 3 corners 1:
+    its two lowest corners s1 <= s2 make it add 1 at levels <= s2 and 1 more at
+    levels <= s1. All on corners of such a cell are 8-connected, so the cell
+    belongs to the component of the higher of its two top pixels (on whenever
+    the cell counts: it is at least the second lowest corner). Each row of cells
+    is first reduced to (s1, s2, owner) in a loop LLVM vectorises, then counted
+    (s1 and s2 in separate tables, so that the two counts never wait for each
+    other).
+    """
+    uw = _U(w)
+    one = _U(1)
+    ng = off.size - 1
+    # events per group (slot ng for cells without an on pixel) and value
+    size = _U((ng + 1) * 256)
+    hist = np.zeros(2 * (ng + 1) * 256, np.int32)
+    s1 = np.empty(w, np.uint8)
+    s2 = np.empty(w, np.uint8)
+    owner = np.empty(w, np.int32)
+    for y in range(h - 1):
+        p0 = _U(y) * uw
+        p1 = p0 + uw
+        for x in range(uw - one):
+            a, b = v[p0 + x], v[p0 + x + one]
+            c, d = v[p1 + x], v[p1 + x + one]
+            lo1, hi1 = min(a, b), max(a, b)
+            lo2, hi2 = min(c, d), max(c, d)
+            s2[x] = min(max(lo1, lo2), min(hi1, hi2))
+            s1[x] = min(lo1, lo2)
+            owner[x] = np.int32(lab[p0 + x] if a >= b else lab[p0 + x + one]) * 256
+        for x in range(uw - one):
+            o = _U(owner[x])
+            hist[o + _U(s1[x])] += 1
+            hist[size + o + _U(s2[x])] += 1
+    # events at a value count at every level up to the value's: suffix sums
+    for g in range(ng):
+        acc = 0
+        j = off[g + 1] - off[g]  # the group's top level
+        for val in range(255, 0, -1):
+            lev = lut[val]
+            while j > lev:
+                out[off[g] + j - 1] = acc
+                j -= 1
+            k = _U(g * 256 + val)
+            acc += hist[k] + hist[size + k]
+        while j > 0:
+            out[off[g] + j - 1] = acc
+            j -= 1
+
+
+@numba.njit(**_JIT)
+def _sweep_levels(nlev, ng, gmax, off, ea, eb, ew, gx0, gy0, gx1, gy1, gaux, gbrd, aux_kind):
+    """Kruskal sweep from the top level down over the edges between groups,
+    emitting every component at every level 1 .. nlev (see ``upper_sets``).
+
+    When two components meet at level wt, the one with the higher maximum
+    absorbs the other's tables at levels <= wt (its own levels above wt stay its
+    own), so the work per level is one record per component.
+    """
+    ne = ea.size
+    gorder = np.argsort(-gmax, kind="mergesort")
+    cap_r = 0
+    for g in range(ng):
+        cap_r += gmax[g]
+    r_x0 = np.empty(cap_r, np.int32)
+    r_y0 = np.empty(cap_r, np.int32)
+    r_x1 = np.empty(cap_r, np.int32)
+    r_y1 = np.empty(cap_r, np.int32)
+    r_aux = np.empty(cap_r, np.int64)
+    level_start = np.zeros(nlev + 2, np.int64)
+    uf = np.arange(ng, dtype=np.int64)
+    alive = np.empty(ng, np.int64)  # roots of the components (lazily cleaned)
+    nalive = 0
+    nr = 0
+    na = 0
+    ei = 0
+    for lev in range(nlev, 0, -1):
+        level_start[lev + 1] = nr
+        while na < ng and gmax[gorder[na]] >= lev:
+            alive[nalive] = gorder[na]
+            nalive += 1
+            na += 1
+        while ei < ne and ew[ei] >= lev:
+            ra, rb = _find(uf, ea[ei]), _find(uf, eb[ei])
+            wt = _U(ew[ei])
+            ei += 1
+            if ra == rb:
+                continue
+            if gmax[rb] > gmax[ra] or (gmax[rb] == gmax[ra] and rb < ra):
+                ra, rb = rb, ra
+            uf[rb] = ra  # ra absorbs rb
+            if aux_kind == 2:
+                gbrd[ra] = max(gbrd[ra], gbrd[rb])
+                if gbrd[ra] >= wt:
+                    continue  # touches the border at every level from here down
+            oa, ob = _U(off[ra]), _U(off[rb])
+            for i in range(wt):
+                gx0[oa + i] = min(gx0[oa + i], gx0[ob + i])
+                gy0[oa + i] = min(gy0[oa + i], gy0[ob + i])
+                gx1[oa + i] = max(gx1[oa + i], gx1[ob + i])
+                gy1[oa + i] = max(gy1[oa + i], gy1[ob + i])
+            if aux_kind == 1:
+                for i in range(wt):
+                    gaux[oa + i] += gaux[ob + i]
+        j = 0
+        for i in range(nalive):
+            g = alive[i]
+            if uf[g] != g:
+                continue
+            if aux_kind == 2 and gbrd[g] >= lev:
+                continue  # holds a border pixel at this level and below: never a hole
+            alive[j] = g
+            j += 1
+            k = off[g] + lev - 1
+            r_x0[nr] = gx0[k]
+            r_y0[nr] = gy0[k]
+            r_x1[nr] = gx1[k]
+            r_y1[nr] = gy1[k]
+            r_aux[nr] = gaux[k] if aux_kind == 1 else 0
+            nr += 1
+        nalive = j
+    level_start[1] = nr
+    level_start[0] = nr
+    return r_x0[:nr], r_y0[:nr], r_x1[:nr], r_y1[:nr], r_aux[:nr], level_start
+
+
+@numba.njit(**_JIT)
+def upper_sets(v, h, w, conn, lut, want_area, want_border, segs, ns, labels):
+    """Components of the pixels of level ``lut[v] >= j`` (``v`` flat ``h * w``
+    uint8, ``lut`` a non-decreasing map of values to levels 0 .. J) at every
+    level j = 1 .. J, with 4- or 8-connectivity (``conn``). ``segs`` holds the
+    ``ns`` unimodal segments of ``v`` (from ``scan``), ``labels`` is
+    ``Workspace.labels``. The levels are the cuts asked for: tables per level
+    hold only those.
+
+    Returns ``(x0, y0, x1, y1, aux, level_start)``: one record per (level,
+    component), levels in decreasing order; the records of level j are
+    ``level_start[j + 1] : level_start[j]``. ``aux`` is twice the bit-quad area
+    of the component's pixels (``want_area``), or 0. With ``want_border`` only
+    the components holding no pixel of the image border (the holes, when ``v``
+    is the background) are returned.
+    """
+    sx0, sx1, sv, spf, spl, row_first = segs
+    lab8, lab32, flags = labels
+    nlev = np.int64(lut[255])
+    diag = conn == 8
+    d = 1 if diag else 0
+    grp, ng, gmax = _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns)
+    off = np.empty(ng + 1, np.int64)
+    off[0] = 0
+    for g in range(ng):
+        gmax[g] = lut[gmax[g]]
+        off[g + 1] = off[g] + gmax[g]
+    # one byte per pixel for the group labels when they fit (the usual case)
+    if ng < 256:
+        gy0, gy1, gx0, gx1 = _group_boxes(v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, off, lab8)
+        ea, eb, ew = _group_edges(v, h, w, diag, lut, lab8, flags, ng)
+    else:
+        gy0, gy1, gx0, gx1 = _group_boxes(
+            v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, off, lab32
+        )
+        ea, eb, ew = _group_edges(v, h, w, diag, lut, lab32, flags, ng)
+    gaux = np.zeros(off[ng] if want_area else 0, np.int64)
+    gbrd = np.zeros(ng if want_border else 0, np.int64)
+    if want_border:
+        for y in range(h):
+            for s in range(row_first[y], row_first[y + 1]):
+                g = grp[s]
+                if g < 0:
+                    continue
+                if y == 0 or y == h - 1:
+                    bv = sv[s]
+                else:
+                    bv = np.uint8(0)
+                    if sx0[s] == 0:
+                        bv = v[y * w]
+                    if sx1[s] == w - 1:
+                        bv = max(bv, v[y * w + w - 1])
+                gbrd[g] = max(gbrd[g], np.int64(lut[bv]))
+    if want_area:
+        if ng < 256:
+            _group_areas(v, h, w, lut, lab8, off, gaux)
+        else:
+            _group_areas(v, h, w, lut, lab32, off, gaux)
+    aux_kind = 1 if want_area else (2 if want_border else 0)
+    return _sweep_levels(nlev, ng, gmax, off, ea, eb, ew, gx0, gy0, gx1, gy1, gaux, gbrd, aux_kind)
+
+
+@numba.njit(**_JIT)
+def _best_iou(x0, y0, x1, y1, gt, g0, g1):
+    """Best inclusive-pixel IoU of box (x0, y0, x1, y1) with ``gt[g0:g1]``."""
+    best = 0.0
+    area = (x1 - x0 + 1) * (y1 - y0 + 1)
+    for j in range(g0, g1):
+        iw = min(x1, gt[j, 2]) - max(x0, gt[j, 0]) + 1
+        ih = min(y1, gt[j, 3]) - max(y0, gt[j, 1]) + 1
+        inter = max(iw, 0) * max(ih, 0)
+        union = area + (gt[j, 2] - gt[j, 0] + 1) * (gt[j, 3] - gt[j, 1] + 1) - inter
+        if union > 0:
+            best = max(best, inter / union)
+    return best
+
+
+@numba.njit(**_JIT)
+def box_ious(
+    maps, bits, gt, gt_first, need_tab, multi_contour, iou_k, amb, stats, q, fg, bg, labels, r
+):
+    """The protocol's best IoU at every cut, for a batch of score maps.
+
+    Args:
+      maps: ``[B, H, W]`` floats (C-contiguous); ``bits``: the same memory
+        viewed as integers of the same width.
+      gt, gt_first: ``gt[gt_first[i]:gt_first[i + 1]]`` are map i's int64
+        ground-truth boxes.
+      need_tab: ``need_tab[m, k]``: cut k is used when ``max(q) = m``.
+      multi_contour: every contour (MaxBoxAccV2) or the largest one.
+      iou_k: ``[B, 256]`` out: ``iou_k[i, k]`` best IoU of map i at cut k (for
+        the cuts asked for).
+      amb: ``[B * 256, 2]`` out: (map, cut) pairs where the largest contour is not
+        certain (left at -1 in ``iou_k``); the count is returned.
+      stats: ``[B, 3]`` out: each map's minimum, maximum and whether it is all
+        finite. Maps with a non-finite value and constant maps are evaluated as
+        zeros (as the protocol's normalisation makes them).
+      q: ``[B, H, W]`` uint8 out: the quantised maps (zeros for those).
+      fg, bg, labels, r: scratch (``Workspace``).
+    """
+    bsz, h, w = maps.shape
+    n = h * w
+    namb = 0
+    for i in range(bsz):
+        v = q[i].ravel()
+        nf, nb, mnb, mxb = scan(maps[i], bits[i], v, fg, bg)
+        if mnb < 0:  # a value with the sign bit set: look at the values themselves
+            mn, mx, finite = _float_stats(maps[i])
+        else:  # all non-negative: +inf and NaN sort after every finite value
+            bits_one = bits[i, 0, :1].copy()
+            bits_one[0] = mnb
+            mn = np.float64(bits_one.view(maps.dtype)[0])
+            bits_one[0] = mxb
+            mx = np.float64(bits_one.view(maps.dtype)[0])
+            finite = np.isfinite(mx)
+        stats[i, 0] = mn
+        stats[i, 1] = mx
+        stats[i, 2] = 1.0 if finite else 0.0
+        qmax = 0
+        if finite and mn != mx:
+            for j in range(nf):
+                qmax = max(qmax, np.int64(fg[2][j]))
+        g0, g1 = gt_first[i], gt_first[i + 1]
+        if qmax == 0:  # no contour at any cut: the box is (0, 0, 0, 0)
+            v[:] = 0
+            iou_k[i, 0] = _best_iou(0, 0, 0, 0, gt, g0, g1)
+            continue
+        need_k = need_tab[qmax]
+        kmax = 0
+        for k in range(qmax):
+            if need_k[k]:
+                kmax = k
+        top = np.uint8(kmax + 1)
+        # levels of the sweeps: the j-th cut asked for, in increasing order, is level
+        # j of the foreground (q > k: lut_fg[q] >= j) and the level of r = kmax + 1 - q
+        # (0 where q > kmax) numbered from the other end for the background (q <= k)
+        lut_fg = np.zeros(256, np.uint8)
+        lut_bg = np.zeros(256, np.uint8)
+        for val in range(1, 256):
+            lut_fg[val] = lut_fg[val - 1] + (1 if val <= kmax + 1 and need_k[val - 1] else 0)
+            lut_bg[val] = lut_bg[val - 1] + (1 if val <= kmax + 1 and need_k[kmax + 1 - val] else 0)
+        for p in range(n):
+            a = v[p]
+            r[p] = top - a if a < top else 0
+        bval = bg[2]
+        for j in range(nb):
+            a = bval[j]  # the segment's minimum of q: its maximum of r
+            bval[j] = top - a if a < top else 0
+        f_x0, f_y0, f_x1, f_y1, f_aux, f_start = upper_sets(
+            v, h, w, 8, lut_fg, not multi_contour, False, fg, nf, labels
+        )
+        b_x0, b_y0, b_x1, b_y1, _, b_start = upper_sets(
+            r, h, w, 4, lut_bg, False, True, bg, nb, labels
+        )
+        for k in range(kmax + 1):
+            if not need_k[k]:
+                continue
+            lf = np.int64(lut_fg[k + 1])
+            lb = np.int64(lut_bg[kmax + 1 - k])
+            fa, fb = f_start[lf + 1], f_start[lf]
+            ha, hb = b_start[lb + 1], b_start[lb]
+            if multi_contour:
+                best = 0.0
+                for j in range(fa, fb):
+                    x1 = min(f_x1[j] + 1, w - 1)
+                    y1 = min(f_y1[j] + 1, h - 1)
+                    best = max(best, _best_iou(f_x0[j], f_y0[j], x1, y1, gt, g0, g1))
+                for j in range(ha, hb):  # holes
+                    x1 = min(b_x1[j] + 2, w - 1)
+                    y1 = min(b_y1[j] + 2, h - 1)
+                    best = max(best, _best_iou(b_x0[j] - 1, b_y0[j] - 1, x1, y1, gt, g0, g1))
+                iou_k[i, k] = best
+            else:
+                # largest contour: by unfilled area, unless a rival's holes could
+                # make it larger (filling a hole adds at most 2 per cell of the
+                # hole's box grown by one; hole contours never beat their parent)
+                jb = fa
+                for j in range(fa + 1, fb):
+                    if f_aux[j] > f_aux[jb]:
+                        jb = j
+                rival = -1
+                for j in range(fa, fb):
+                    if j == jb:
+                        continue
+                    bound = f_aux[j]
+                    for m in range(ha, hb):
+                        if (
+                            f_x0[j] < b_x0[m]
+                            and f_y0[j] < b_y0[m]
+                            and f_x1[j] > b_x1[m]
+                            and f_y1[j] > b_y1[m]
+                        ):
+                            bound += 2 * (b_x1[m] - b_x0[m] + 2) * (b_y1[m] - b_y0[m] + 2)
+                    rival = max(rival, bound)
+                if rival < f_aux[jb]:
+                    x1 = min(f_x1[jb] + 1, w - 1)
+                    y1 = min(f_y1[jb] + 1, h - 1)
+                    iou_k[i, k] = _best_iou(f_x0[jb], f_y0[jb], x1, y1, gt, g0, g1)
+                else:
+                    iou_k[i, k] = -1.0
+                    amb[namb, 0] = i
+                    amb[namb, 1] = k
+                    namb += 1
+    return namb
