@@ -6,7 +6,9 @@ The protocol's reference thresholds every map at every tau with OpenCV
 normal noise upsampled to 224x224 with the protocol's bicubic and min-max
 normalised), single process, OpenCV single-threaded, and their results are
 checked to agree. Speed is maps per CPU second of this process (the 2 cores are
-shared; wall-clock ratios swing with the other load, which is printed).
+shared; wall-clock ratios swing with the other load, which is printed), in the
+steady state: the first evaluation compiles the numba sweep (or loads it from
+``__pycache__``) and is timed and printed on its own.
 
 Usage (from the repository root):
     python benchmarks/bench_metrics.py                # full: 10,000 maps for memory
@@ -102,6 +104,12 @@ def main() -> None:
     cv2.setNumThreads(1)
     thresholds = (30, 50, 70)
     print(f"load average at start: {os.getloadavg()}")
+    # the first call compiles the sweep (or loads it from numba's cache)
+    rng = np.random.default_rng(args.seed + 2)
+    t0 = time.perf_counter()
+    for multi in (True, False):
+        BoxEvaluator(thresholds, 0.01, multi).update(cam_like(rng, 1), object_boxes(rng, 1))
+    print(f"first calls (numba compile or cache load): {time.perf_counter() - t0:.1f} s wall")
     # memory first (ru_maxrss is a high-water mark): stream --memory_maps maps through
     # one evaluator
     rng = np.random.default_rng(args.seed + 1)

@@ -323,33 +323,34 @@ def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns):
 
 
 @numba.njit(**_JIT)
-def _group_boxes(v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, off, lab):
-    """Per group and level (index ``off[g] + j - 1``): first and last row and
-    column holding a pixel of level ``lut[value] >= j`` (rows from the segments'
-    maxima, columns from the group's per-column maxima). Also writes the group
-    of every pixel into ``lab`` (``ng`` where never on)."""
+def _group_boxes(v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, gmax, base, off, lab):
+    """Per group and level j > ``base[g]`` (index ``off[g] + j - base[g] - 1``):
+    first and last row and column holding a pixel of level ``lut[value] >= j``
+    (rows from the segments' maxima, columns from the group's per-column
+    maxima). Also writes the group of every pixel into ``lab`` (``ng`` where
+    never on)."""
     tot = off[ng]
     gy0 = np.empty(tot, np.int32)
     gy1 = np.empty(tot, np.int32)
     gx0 = np.empty(tot, np.int32)
     gx1 = np.empty(tot, np.int32)
-    best = np.zeros(ng, np.int64)
+    best = base.copy()
     for y in range(h):
         for s in range(row_first[y], row_first[y + 1]):
             g = grp[s]
-            top = lut[sv[s]]
+            top = np.int64(lut[sv[s]])
             if g >= 0 and top > best[g]:
-                o = off[g] - 1
+                o = off[g] - base[g] - 1
                 for lev in range(best[g] + 1, top + 1):
                     gy0[o + lev] = y
                 best[g] = top
-    best[:] = 0
+    best[:] = base
     for y in range(h - 1, -1, -1):
         for s in range(row_first[y], row_first[y + 1]):
             g = grp[s]
-            top = lut[sv[s]]
+            top = np.int64(lut[sv[s]])
             if g >= 0 and top > best[g]:
-                o = off[g] - 1
+                o = off[g] - base[g] - 1
                 for lev in range(best[g] + 1, top + 1):
                     gy1[o + lev] = y
                 best[g] = top
@@ -358,29 +359,30 @@ def _group_boxes(v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, off, lab):
     gxa = np.full(ng, w, np.int64)
     gxb = np.full(ng, -1, np.int64)
     for y in range(h):
-        base = _U(y) * uw
+        base_px = _U(y) * uw
         for s in range(row_first[y], row_first[y + 1]):
             g = grp[s]
             s0, s1 = _U(sx0[s]), _U(sx1[s])
-            if g < 0:
-                none = lab.dtype.type(ng)
-                for x in range(base + s0, base + s1 + _U(1)):
-                    lab[x] = none
+            gl = lab.dtype.type(g if g >= 0 else ng)
+            if g < 0 or base[g] >= gmax[g]:  # no table to fill
+                for x in range(base_px + s0, base_px + s1 + _U(1)):
+                    lab[x] = gl
                 continue
-            gl = lab.dtype.type(g)
             gxa[g] = min(gxa[g], np.int64(s0))
             gxb[g] = max(gxb[g], np.int64(s1))
             cb = _U(g) * uw
             for x in range(s0, s1 + _U(1)):
-                colmax[cb + x] = max(colmax[cb + x], v[base + x])
-                lab[base + x] = gl
+                colmax[cb + x] = max(colmax[cb + x], v[base_px + x])
+                lab[base_px + x] = gl
     # first (last) column reaching each level, scanning from the left (right) up
     # to the group's top level
     for g in range(ng):
         cb = _U(g) * uw
-        o = off[g] - 1
-        peak = off[g + 1] - off[g]
-        top = 0
+        o = off[g] - base[g] - 1
+        peak = gmax[g]
+        top = base[g]
+        if top >= peak:
+            continue
         for x in range(_U(gxa[g]), _U(gxb[g]) + _U(1)):
             c = np.int64(lut[colmax[cb + x]])
             if c > top:
@@ -389,7 +391,7 @@ def _group_boxes(v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, off, lab):
                 top = c
                 if top == peak:
                     break
-        top = 0
+        top = base[g]
         for x in range(gxb[g], gxa[g] - 1, -1):
             c = np.int64(lut[colmax[cb + _U(x)]])
             if c > top:
@@ -628,19 +630,23 @@ def _group_areas(v, h, w, lut, lab, off, out):
 
 
 @numba.njit(**_JIT)
-def _sweep_levels(nlev, ng, gmax, off, ea, eb, ew, gx0, gy0, gx1, gy1, gaux, gbrd, aux_kind):
+def _sweep_levels(nlev, ng, gmax, base, off, ea, eb, ew, gx0, gy0, gx1, gy1, gaux, aux_kind):
     """Kruskal sweep from the top level down over the edges between groups,
     emitting every component at every level 1 .. nlev (see ``upper_sets``).
 
     When two components meet at level wt, the one with the higher maximum
     absorbs the other's tables at levels <= wt (its own levels above wt stay its
-    own), so the work per level is one record per component.
+    own), so the work per level is one record per component. Group g's tables
+    hold levels ``base[g] + 1 ..``; with ``aux_kind`` 2 (holes only) ``base`` is
+    the level down from which the group holds a border pixel, and a component's
+    is the highest of its groups'.
     """
+    gbrd = base.copy()
     ne = ea.size
     gorder = np.argsort(-gmax, kind="mergesort")
     cap_r = 0
     for g in range(ng):
-        cap_r += gmax[g]
+        cap_r += gmax[g] - base[g]
     r_x0 = np.empty(cap_r, np.int32)
     r_y0 = np.empty(cap_r, np.int32)
     r_x1 = np.empty(cap_r, np.int32)
@@ -661,7 +667,7 @@ def _sweep_levels(nlev, ng, gmax, off, ea, eb, ew, gx0, gy0, gx1, gy1, gaux, gbr
             na += 1
         while ei < ne and ew[ei] >= lev:
             ra, rb = _find(uf, ea[ei]), _find(uf, eb[ei])
-            wt = _U(ew[ei])
+            wt = ew[ei]
             ei += 1
             if ra == rb:
                 continue
@@ -672,14 +678,17 @@ def _sweep_levels(nlev, ng, gmax, off, ea, eb, ew, gx0, gy0, gx1, gy1, gaux, gbr
                 gbrd[ra] = max(gbrd[ra], gbrd[rb])
                 if gbrd[ra] >= wt:
                     continue  # touches the border at every level from here down
-            oa, ob = _U(off[ra]), _U(off[rb])
-            for i in range(wt):
+            # levels lo + 1 .. wt of both tables
+            lo = gbrd[ra] if aux_kind == 2 else 0
+            oa = _U(off[ra] + lo - base[ra])
+            ob = _U(off[rb] + lo - base[rb])
+            for i in range(_U(wt - lo)):
                 gx0[oa + i] = min(gx0[oa + i], gx0[ob + i])
                 gy0[oa + i] = min(gy0[oa + i], gy0[ob + i])
                 gx1[oa + i] = max(gx1[oa + i], gx1[ob + i])
                 gy1[oa + i] = max(gy1[oa + i], gy1[ob + i])
             if aux_kind == 1:
-                for i in range(wt):
+                for i in range(_U(wt)):
                     gaux[oa + i] += gaux[ob + i]
         j = 0
         for i in range(nalive):
@@ -690,7 +699,7 @@ def _sweep_levels(nlev, ng, gmax, off, ea, eb, ew, gx0, gy0, gx1, gy1, gaux, gbr
                 continue  # holds a border pixel at this level and below: never a hole
             alive[j] = g
             j += 1
-            k = off[g] + lev - 1
+            k = off[g] + lev - base[g] - 1
             r_x0[nr] = gx0[k]
             r_y0[nr] = gy0[k]
             r_x1[nr] = gx1[k]
@@ -725,22 +734,12 @@ def upper_sets(v, h, w, conn, lut, want_area, want_border, segs, ns, labels):
     diag = conn == 8
     d = 1 if diag else 0
     grp, ng, gmax = _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns)
-    off = np.empty(ng + 1, np.int64)
-    off[0] = 0
     for g in range(ng):
         gmax[g] = lut[gmax[g]]
-        off[g + 1] = off[g] + gmax[g]
-    # one byte per pixel for the group labels when they fit (the usual case)
-    if ng < 256:
-        gy0, gy1, gx0, gx1 = _group_boxes(v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, off, lab8)
-        ea, eb, ew = _group_edges(v, h, w, diag, lut, lab8, flags, ng)
-    else:
-        gy0, gy1, gx0, gx1 = _group_boxes(
-            v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, off, lab32
-        )
-        ea, eb, ew = _group_edges(v, h, w, diag, lut, lab32, flags, ng)
-    gaux = np.zeros(off[ng] if want_area else 0, np.int64)
-    gbrd = np.zeros(ng if want_border else 0, np.int64)
+    # base[g]: the group's tables hold levels base[g] + 1 .. gmax[g]. With
+    # ``want_border``, levels where the group holds a border pixel are left out:
+    # its component is never a hole there.
+    base = np.zeros(ng, np.int64)
     if want_border:
         for y in range(h):
             for s in range(row_first[y], row_first[y + 1]):
@@ -755,14 +754,30 @@ def upper_sets(v, h, w, conn, lut, want_area, want_border, segs, ns, labels):
                         bv = v[y * w]
                     if sx1[s] == w - 1:
                         bv = max(bv, v[y * w + w - 1])
-                gbrd[g] = max(gbrd[g], np.int64(lut[bv]))
+                base[g] = min(max(base[g], np.int64(lut[bv])), gmax[g])
+    off = np.empty(ng + 1, np.int64)
+    off[0] = 0
+    for g in range(ng):
+        off[g + 1] = off[g] + gmax[g] - base[g]
+    # one byte per pixel for the group labels when they fit (the usual case)
+    if ng < 256:
+        gy0, gy1, gx0, gx1 = _group_boxes(
+            v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, gmax, base, off, lab8
+        )
+        ea, eb, ew = _group_edges(v, h, w, diag, lut, lab8, flags, ng)
+    else:
+        gy0, gy1, gx0, gx1 = _group_boxes(
+            v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, gmax, base, off, lab32
+        )
+        ea, eb, ew = _group_edges(v, h, w, diag, lut, lab32, flags, ng)
+    gaux = np.zeros(off[ng] if want_area else 0, np.int64)
     if want_area:
         if ng < 256:
             _group_areas(v, h, w, lut, lab8, off, gaux)
         else:
             _group_areas(v, h, w, lut, lab32, off, gaux)
     aux_kind = 1 if want_area else (2 if want_border else 0)
-    return _sweep_levels(nlev, ng, gmax, off, ea, eb, ew, gx0, gy0, gx1, gy1, gaux, gbrd, aux_kind)
+    return _sweep_levels(nlev, ng, gmax, base, off, ea, eb, ew, gx0, gy0, gx1, gy1, gaux, aux_kind)
 
 
 @numba.njit(**_JIT)
@@ -896,6 +911,8 @@ def box_ious(
                             and f_y1[j] > b_y1[m]
                         ):
                             bound += 2 * (b_x1[m] - b_x0[m] + 2) * (b_y1[m] - b_y0[m] + 2)
+                    # the polygon through its pixel centres also lies in its box
+                    bound = min(bound, 2 * (f_x1[j] - f_x0[j]) * (f_y1[j] - f_y0[j]))
                     rival = max(rival, bound)
                 if rival < f_aux[jb]:
                     x1 = min(f_x1[jb] + 1, w - 1)

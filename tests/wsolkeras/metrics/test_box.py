@@ -410,3 +410,35 @@ def test_fine_grid_and_full_size_maps_match(multi_contour):
     np.testing.assert_allclose(r["miou_curve"], miou, rtol=0, atol=1e-9)
     for t in (30, 50, 70):
         np.testing.assert_allclose(r["box_acc_curve"][t], curves[t], rtol=0, atol=1e-9)
+
+
+def test_float32_maps_negative_zero_and_chunks():
+    # float32 maps are the protocol's float64 values (exact conversion); -0.0 is 0.
+    rng = np.random.default_rng(5)
+    maps = _random_maps(rng, 12, 24, 20).astype(np.float32)
+    maps[0, 0, 0] = -0.0
+    gt = _random_gt(rng, 12, 24, 20)
+    for multi in (True, False):
+        ev = BoxEvaluator((30, 50), 0.05, multi, chunk_size=5)  # three chunks
+        ev.update(maps, gt)
+        ref = _Straightforward((30, 50), 0.05, multi)
+        ref.update(maps.astype(np.float64), gt)
+        curves, miou = ref.result()
+        r = ev.result()
+        np.testing.assert_allclose(r["miou_curve"], miou, rtol=0, atol=1e-12)
+        for t in (30, 50):
+            np.testing.assert_allclose(r["box_acc_curve"][t], curves[t], rtol=0, atol=1e-9)
+
+
+def test_a_bad_map_in_a_later_chunk_adds_nothing():
+    ev = BoxEvaluator((50,), 0.1, True, chunk_size=2)
+    maps = np.zeros((5, 6, 6))
+    maps[:, 1, 1] = 1.0
+    maps[3, 2, 2] = 1.5  # in the second chunk
+    with pytest.raises(ValueError, match=r"scoremaps\[3\] has values in \[0.0, 1.5\]"):
+        ev.update(maps, [np.array([[1, 1, 2, 2]])] * 5)
+    with pytest.raises(ValueError, match="before any update"):
+        ev.result()
+    maps[3, 2, 2] = 0.0
+    ev.update(maps, [np.array([[1, 1, 2, 2]])] * 5)
+    assert ev.result()["count"] == 5
