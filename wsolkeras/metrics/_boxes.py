@@ -67,7 +67,7 @@ class LevelIoU:
         gt_first[1:] = np.cumsum([len(g) for g in gt])
         gt_all = np.concatenate([np.zeros((0, 4), np.int64)] + list(gt))
         iou_k = np.zeros((bsz, 256))
-        amb = np.empty((bsz * 256, 2), np.int64)
+        amb = np.empty((bsz * 256, 6), np.int64)
         stats = np.empty((bsz, 3))
         q = np.empty((bsz, hh, ww), np.uint8)
         namb = _sweep.box_ious(
@@ -86,8 +86,10 @@ class LevelIoU:
             ws.labels,
             ws.r,
         )
-        for i, cut in amb[:namb]:
-            box = _reference_largest_box(q[i], int(cut))
+        for i, cut, x0, y0, x1, y1 in amb[:namb]:
+            box = _largest_in_box(q[i], int(cut), x0, y0, x1, y1)
+            if box is None:  # a tie: OpenCV's contour order decides
+                box = _reference_largest_box(q[i], int(cut))
             iou_k[i, cut] = _best_iou(box, gt[i])
         self.fallback_cuts += int(namb)
         qmax = q.reshape(bsz, -1).max(axis=1)
@@ -96,14 +98,27 @@ class LevelIoU:
 
 def _best_iou(box: np.ndarray, gt: np.ndarray) -> float:
     """Best inclusive-pixel IoU of one box with the rows of ``gt`` (0 if none)."""
-    if len(gt) == 0:
-        return 0.0
-    iw = np.minimum(box[2], gt[:, 2]) - np.maximum(box[0], gt[:, 0]) + 1
-    ih = np.minimum(box[3], gt[:, 3]) - np.maximum(box[1], gt[:, 1]) + 1
-    inter = np.maximum(iw, 0) * np.maximum(ih, 0)
-    union = (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
-    union = union + (gt[:, 2] - gt[:, 0] + 1) * (gt[:, 3] - gt[:, 1] + 1) - inter
-    return float(np.max(np.where(union > 0, inter / np.maximum(union, 1), 0.0)))
+    return _sweep.best_iou(int(box[0]), int(box[1]), int(box[2]), int(box[3]), gt, 0, len(gt))
+
+
+def _largest_in_box(q: np.ndarray, cut: int, x0: int, y0: int, x1: int, y1: int):
+    """The protocol's MaxBoxAcc box at one cut when every contour that can be the
+    largest lies in box x0..x1, y0..y1: OpenCV on that part of the map (grown by
+    a pixel) only. The outer contours of components inside it are those of the
+    whole map, and others are cut short, so smaller than the largest. None on a
+    tie (the order of the whole map's contours decides)."""
+    hh, ww = q.shape
+    x0, y0 = max(int(x0) - 1, 0), max(int(y0) - 1, 0)
+    x1, y1 = min(int(x1) + 1, ww - 1), min(int(y1) + 1, hh - 1)
+    _, binary = cv2.threshold(q[y0 : y1 + 1, x0 : x1 + 1], cut, 255, cv2.THRESH_BINARY)
+    contours = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+    areas = [cv2.contourArea(c) for c in contours]
+    best = max(areas)
+    if areas.count(best) > 1:
+        return None
+    x, y, w, h = cv2.boundingRect(contours[areas.index(best)])
+    x, y = x + x0, y + y0
+    return np.array([x, y, min(x + w, ww - 1), min(y + h, hh - 1)], np.int64)
 
 
 def _reference_largest_box(q: np.ndarray, cut: int) -> np.ndarray:

@@ -781,7 +781,7 @@ def upper_sets(v, h, w, conn, lut, want_area, want_border, segs, ns, labels):
 
 
 @numba.njit(**_JIT)
-def _best_iou(x0, y0, x1, y1, gt, g0, g1):
+def best_iou(x0, y0, x1, y1, gt, g0, g1):
     """Best inclusive-pixel IoU of box (x0, y0, x1, y1) with ``gt[g0:g1]``."""
     best = 0.0
     area = (x1 - x0 + 1) * (y1 - y0 + 1)
@@ -810,8 +810,9 @@ def box_ious(
       multi_contour: every contour (MaxBoxAccV2) or the largest one.
       iou_k: ``[B, 256]`` out: ``iou_k[i, k]`` best IoU of map i at cut k (for
         the cuts asked for).
-      amb: ``[B * 256, 2]`` out: (map, cut) pairs where the largest contour is not
-        certain (left at -1 in ``iou_k``); the count is returned.
+      amb: ``[B * 256, 6]`` out: (map, cut, box) where the largest contour is
+        not certain (left at -1 in ``iou_k``), box = ``(x0, y0, x1, y1)`` holding
+        every contour that might be it; the count is returned.
       stats: ``[B, 3]`` out: each map's minimum, maximum and whether it is all
         finite. Maps with a non-finite value and constant maps are evaluated as
         zeros (as the protocol's normalisation makes them).
@@ -843,7 +844,7 @@ def box_ious(
         g0, g1 = gt_first[i], gt_first[i + 1]
         if qmax == 0:  # no contour at any cut: the box is (0, 0, 0, 0)
             v[:] = 0
-            iou_k[i, 0] = _best_iou(0, 0, 0, 0, gt, g0, g1)
+            iou_k[i, 0] = best_iou(0, 0, 0, 0, gt, g0, g1)
             continue
         need_k = need_tab[qmax]
         kmax = 0
@@ -884,11 +885,11 @@ def box_ious(
                 for j in range(fa, fb):
                     x1 = min(f_x1[j] + 1, w - 1)
                     y1 = min(f_y1[j] + 1, h - 1)
-                    best = max(best, _best_iou(f_x0[j], f_y0[j], x1, y1, gt, g0, g1))
+                    best = max(best, best_iou(f_x0[j], f_y0[j], x1, y1, gt, g0, g1))
                 for j in range(ha, hb):  # holes
                     x1 = min(b_x1[j] + 2, w - 1)
                     y1 = min(b_y1[j] + 2, h - 1)
-                    best = max(best, _best_iou(b_x0[j] - 1, b_y0[j] - 1, x1, y1, gt, g0, g1))
+                    best = max(best, best_iou(b_x0[j] - 1, b_y0[j] - 1, x1, y1, gt, g0, g1))
                 iou_k[i, k] = best
             else:
                 # largest contour: by unfilled area, unless a rival's holes could
@@ -898,7 +899,10 @@ def box_ious(
                 for j in range(fa + 1, fb):
                     if f_aux[j] > f_aux[jb]:
                         jb = j
-                rival = -1
+                lead = f_aux[jb]
+                # the leader and the rivals that might beat it: their union box
+                cx0, cy0, cx1, cy1 = f_x0[jb], f_y0[jb], f_x1[jb], f_y1[jb]
+                decided = True
                 for j in range(fa, fb):
                     if j == jb:
                         continue
@@ -913,14 +917,21 @@ def box_ious(
                             bound += 2 * (b_x1[m] - b_x0[m] + 2) * (b_y1[m] - b_y0[m] + 2)
                     # the polygon through its pixel centres also lies in its box
                     bound = min(bound, 2 * (f_x1[j] - f_x0[j]) * (f_y1[j] - f_y0[j]))
-                    rival = max(rival, bound)
-                if rival < f_aux[jb]:
+                    if bound >= lead:
+                        decided = False
+                        cx0, cy0 = min(cx0, f_x0[j]), min(cy0, f_y0[j])
+                        cx1, cy1 = max(cx1, f_x1[j]), max(cy1, f_y1[j])
+                if decided:
                     x1 = min(f_x1[jb] + 1, w - 1)
                     y1 = min(f_y1[jb] + 1, h - 1)
-                    iou_k[i, k] = _best_iou(f_x0[jb], f_y0[jb], x1, y1, gt, g0, g1)
+                    iou_k[i, k] = best_iou(f_x0[jb], f_y0[jb], x1, y1, gt, g0, g1)
                 else:
                     iou_k[i, k] = -1.0
                     amb[namb, 0] = i
                     amb[namb, 1] = k
+                    amb[namb, 2] = cx0
+                    amb[namb, 3] = cy0
+                    amb[namb, 4] = cx1
+                    amb[namb, 5] = cy1
                     namb += 1
     return namb
