@@ -99,6 +99,9 @@ def main() -> None:
         help="maps streamed through one evaluator for the peak-RSS figure",
     )
     parser.add_argument("--batch", type=int, default=64, help="maps per update() call")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="alternations of loop and ours per configuration"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     cv2.setNumThreads(1)
@@ -131,32 +134,39 @@ def main() -> None:
         for multi in (True, False):
             name = f"{'V2 all contours' if multi else 'V1 largest':16s} tau {interval}"
             rng = np.random.default_rng(args.seed)
-            # protocol loop on a subset, and ours on the same maps: the numbers must agree
             n_ref = max(1, args.ref_maps if interval == 0.01 else args.ref_maps // 10)
-            maps, boxes = cam_like(rng, n_ref), object_boxes(rng, n_ref)
-            t0 = time.process_time()
-            ref_curves, ref_miou = protocol_loop(maps, boxes, taus, thresholds, multi)
-            ref_rate = n_ref / (time.process_time() - t0)
-            check = BoxEvaluator(thresholds, interval, multi)
-            check.update(maps, boxes)
-            got = check.result()
-            assert np.abs(got["miou_curve"] - ref_miou).max() < 1e-9, name
-            for t in thresholds:
-                assert np.abs(got["box_acc_curve"][t] - ref_curves[t]).max() < 1e-9, name
-            # ours on --maps maps (map generation not timed)
             ev = BoxEvaluator(thresholds, interval, multi)
-            spent, done = 0.0, 0
-            while done < args.maps:
-                n = min(args.batch, args.maps - done)
-                maps, boxes = cam_like(rng, n), object_boxes(rng, n)
-                t0 = time.process_time()
-                ev.update(maps, boxes)
-                spent += time.process_time() - t0
-                done += n
+            ref_spent = spent = 0.0
+            ref_done = done = 0
+            # Rounds alternate the two sides, so that a change in the machine's load
+            # hits both: the protocol loop on a few maps (and ours on the same
+            # maps, untimed: the numbers must agree), then ours on a batch.
+            for r in range(args.rounds):
+                n = n_ref * (r + 1) // args.rounds - n_ref * r // args.rounds
+                if n:
+                    maps, boxes = cam_like(rng, n), object_boxes(rng, n)
+                    t0 = time.process_time()
+                    ref_curves, ref_miou = protocol_loop(maps, boxes, taus, thresholds, multi)
+                    ref_spent += time.process_time() - t0
+                    ref_done += n
+                    check = BoxEvaluator(thresholds, interval, multi)
+                    check.update(maps, boxes)
+                    got = check.result()
+                    assert np.abs(got["miou_curve"] - ref_miou).max() < 1e-9, name
+                    for t in thresholds:
+                        assert np.abs(got["box_acc_curve"][t] - ref_curves[t]).max() < 1e-9, name
+                goal = args.maps * (r + 1) // args.rounds
+                while done < goal:  # map generation not timed
+                    n = min(args.batch, goal - done)
+                    maps, boxes = cam_like(rng, n), object_boxes(rng, n)
+                    t0 = time.process_time()
+                    ev.update(maps, boxes)
+                    spent += time.process_time() - t0
+                    done += n
             t0 = time.process_time()
             ev.result()
             spent += time.process_time() - t0
-            ours = done / spent
+            ours, ref_rate = done / spent, ref_done / ref_spent
             print(f"{name:26s} {ours:12.0f} {ref_rate:12.1f} {ours / ref_rate:8.1f}x")
     print(f"load average at end: {os.getloadavg()}")
 
