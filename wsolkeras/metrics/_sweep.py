@@ -16,23 +16,25 @@ the components of every level come out (``upper_sets``):
   is connected at every level below its root's maximum, and there is about
   one group per regional maximum.
 * A group's box at every level comes from its segments' maxima per row and its
-  per-column maxima (the first row whose maximum is ``>= l``, and so on).
+  per-column maxima (the first row whose maximum is ``>= l``, and so on). Only
+  the levels of the cuts asked for are kept (levels are re-coded through a
+  look-up table).
 * Two groups touch at level l exactly when some pair of adjacent pixels across
   them is ``>= l``: the highest such level is the weight of the edge between
   them (found on the few pixels where the group label changes).
 * The components at level l are unions of groups joined by edges of weight
-  ``>= l``: a Kruskal sweep from the top level down emits, at every level asked
-  for, the box of every component with, on request, the highest level at which
-  it holds an image-border pixel (for holes) or twice its bit-quad area (for
-  the largest contour).
+  ``>= l``: a Kruskal sweep from the top level down emits, at every level, the
+  box of every component and, on request, twice its bit-quad area (for the
+  largest contour), or only the components holding no image-border pixel (for
+  holes).
 
-``box_ious`` applies it to a batch of quantised maps: foreground components
-(8-connected, ``q > k``) and holes (4-connected components of ``q <= k`` holding
-no border pixel, found by the same sweep on ``k_max + 1 - q``), their boxes as
-OpenCV's contours give them, and the best IoU with the ground-truth boxes at
-every cut. Everything is compiled with numba; per-pixel loops index with
-unsigned integers (numba checks signed indices for wrap-around, which stops
-LLVM from vectorising them).
+``box_ious`` applies it to a batch of score maps: it quantises them, takes the
+foreground components (8-connected, ``q > k``) and holes (4-connected
+components of ``q <= k`` holding no border pixel, found by the same sweep on
+``k_max + 1 - q``), their boxes as OpenCV's contours give them, and the best
+IoU with the ground-truth boxes at every cut. Everything is compiled with
+numba; per-pixel loops index with unsigned integers (numba checks signed
+indices for wrap-around, which stops LLVM from vectorising them).
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ class BoxEvaluator:
       multi_contour: True keeps the box of every contour (MaxBoxAccV2); False
         keeps only the contour with the largest ``cv2.contourArea`` (MaxBoxAcc).
       chunk_size: maps are evaluated this many at a time; the working memory is
-        about 60 kB per 224x224 map of a chunk (4 MB at 64) plus a few MB of
+        about 65 kB per 224x224 map of a chunk (4 MB at 64) plus a few MB of
         scratch, whatever the number of maps.
 
     Protocol (WSOL_PROTOCOL.md section 1), per map and tau: ``q = uint8(s * 255)``,
