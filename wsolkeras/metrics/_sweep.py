@@ -223,18 +223,6 @@ def _find(parent, a):
 
 
 @numba.njit(**_JIT)
-def _segment_at(sx0, lo, hi, x):
-    """The segment among ``lo .. hi - 1`` (one row, in order) holding column x."""
-    while hi - lo > 1:
-        mid = (lo + hi) >> 1
-        if sx0[mid] <= x:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-@numba.njit(**_JIT)
 def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns):
     """Links every segment to an uphill segment (see the module docstring) and
     labels the trees. Returns the group of each segment (-1: never on), the
@@ -252,6 +240,9 @@ def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns):
     uw = _U(w)
     ud = _U(d)
     for y in range(h):
+        # segments of the rows above and below, followed along with s
+        ta = row_first[y - 1] if y > 0 else 0
+        tb = row_first[y + 1] if y + 1 < h else 0
         for s in range(row_first[y], row_first[y + 1]):
             m = sv[s]
             if m == 0:
@@ -264,12 +255,20 @@ def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns):
                 yy = y - 1 + 2 * k
                 if yy < 0 or yy >= h:
                     continue
+                t = ta if k == 0 else tb
+                while sx1[t] < np.int64(lo):
+                    t += 1
+                if k == 0:
+                    ta = t
+                else:
+                    tb = t
                 base = _U(yy) * uw
                 for x in range(lo, hi + _U(1)):
                     a = v[base + x]
                     if a < m:
                         continue
-                    t = _segment_at(sx0, row_first[yy], row_first[yy + 1], np.int64(x))
+                    while sx1[t] < np.int64(x):
+                        t += 1
                     if a > m or sv[t] > m or t > s:
                         found = t
                         break
