@@ -431,15 +431,6 @@ def _edge_flags(h, w, diag, lab, y, flags):
     flags[w - 1] = 1
 
 
-@numba.njit(inline="always", **_JIT)
-def _pair_max(pair, stride, ga, gb, wt):
-    """Keeps the highest weight seen between groups ga and gb, without a branch:
-    the table also has entries for a group with itself and for "no group",
-    never read."""
-    i = _U(min(ga, gb)) * stride + _U(max(ga, gb))
-    pair[i] = max(pair[i], wt)
-
-
 @numba.njit(**_JIT)
 def _touching_pairs(v, h, w, diag, lab, flags, ng):
     """Every pair of 4- (or 8-) adjacent pixels in different groups, as rows
@@ -472,74 +463,75 @@ def _touching_pairs(v, h, w, diag, lab, flags, ng):
 
 
 @numba.njit(**_JIT)
-def _group_edges(v, h, w, diag, lut, lab, flags, ng):
+def _pair_table(v, h, w, diag, sx0, sx1, row_first, grp, ng):
+    """``pair[a * (ng + 1) + b]`` for groups a < b: the highest ``min(v[p], v[q])``
+    over 4- (or 8-) adjacent pixels p of a and q of b (0: they never touch).
+
+    Found from the segments: the left-right neighbours across groups are the
+    ends of consecutive segments of a row, and the up-down (and diagonal) ones
+    lie where a segment overlaps a segment of the next row in another group;
+    only those overlaps are scanned (tight loops LLVM vectorises)."""
+    stride = ng + 1
+    pair = np.zeros(stride * stride, np.uint8)
+    uw = _U(w)
+    one = _U(1)
+    d = 1 if diag else 0
+    for y in range(h):
+        b0 = _U(y) * uw
+        r0, r1 = row_first[y], row_first[y + 1]
+        for s in range(r0, r1 - 1):
+            ga, gb = grp[s], grp[s + 1]
+            if ga != gb and ga >= 0 and gb >= 0:
+                x = b0 + _U(sx1[s])
+                k = min(ga, gb) * stride + max(ga, gb)
+                pair[k] = max(pair[k], min(v[x], v[x + one]))
+        if y + 1 == h:
+            break
+        b1 = b0 + uw
+        t = r1
+        t_end = row_first[y + 2]
+        for s in range(r0, r1):
+            ga = grp[s]
+            if ga < 0:
+                continue
+            s0, s1 = np.int64(sx0[s]), np.int64(sx1[s])
+            while sx1[t] < s0 - d:  # the next row's segments reaching column s0 - d
+                t += 1
+            u = t
+            while u < t_end and sx0[u] <= s1 + d:
+                gb = grp[u]
+                if gb != ga and gb >= 0:
+                    t0, t1 = np.int64(sx0[u]), np.int64(sx1[u])
+                    best = np.uint8(0)
+                    for x in range(_U(max(s0, t0)), _U(min(s1, t1) + 1)):
+                        best = max(best, min(v[b0 + x], v[b1 + x]))
+                    if diag:
+                        # (y, x) with (y + 1, x + 1), then with (y + 1, x - 1)
+                        for x in range(_U(max(s0, t0 - 1)), _U(min(s1, t1 - 1) + 1)):
+                            best = max(best, min(v[b0 + x], v[b1 + x + one]))
+                        for x in range(_U(max(s0, t0 + 1)), _U(min(s1, t1 + 1) + 1)):
+                            best = max(best, min(v[b0 + x], v[b1 + x - one]))
+                    k = min(ga, gb) * stride + max(ga, gb)
+                    pair[k] = max(pair[k], best)
+                u += 1
+    return pair
+
+
+@numba.njit(**_JIT)
+def _group_edges(v, h, w, diag, lut, lab, flags, ng, sx0, sx1, row_first, grp):
     """The highest level (``lut[value]``) at which each pair of touching groups
     touch, as ``(g1, g2, weight)`` arrays sorted by decreasing weight.
 
-    Only pixels whose right or lower neighbours lie in another group are looked
-    at (``_edge_flags``). With up to 255 groups (the usual case) the best weight
-    of each pair is kept in a table; with more, every touching pair is listed.
-    ``lab`` holds ``ng`` where there is no group."""
+    With up to 255 groups (the usual case) the best weight of each pair is kept
+    in a table filled from the segments (``_pair_table``); with more, every
+    touching pair of pixels is listed from the group labels ``lab`` (``ng`` where
+    there is no group), looking only at pixels whose right or lower neighbours
+    lie in another group (``_edge_flags``)."""
     if ng > 255:
         edges = _touching_pairs(v, h, w, diag, lab, flags, ng)
         ne = edges.shape[0]
     else:
-        stride = _U(ng + 1)  # groups 0 .. ng - 1 and ng: no group
-        pair = np.zeros((ng + 1) * (ng + 1), np.uint8)
-        uw = _U(w)
-        one = _U(1)
-        for y in range(h):
-            b0 = _U(y) * uw
-            if y == h - 1:  # last row: right neighbours only
-                for x in range(b0, b0 + uw - one):
-                    _pair_max(pair, stride, lab[x], lab[x + one], min(v[x], v[x + one]))
-                break
-            b1 = b0 + uw
-            _edge_flags(h, w, diag, lab, y, flags)
-            # along a boundary the same pair comes again and again: keep its best
-            # weight in a register rather than in the table
-            key = _U(0)
-            best = np.uint8(0)
-            for x in range(one, uw - one):
-                if flags[x] == 0:
-                    continue
-                p = b0 + x
-                g = lab[p]
-                vp = v[p]
-                for k in range(4 if diag else 2):
-                    if k == 0:
-                        nq = p + one
-                    elif k == 1:
-                        nq = b1 + x
-                    elif k == 2:
-                        nq = b1 + x - one
-                    else:
-                        nq = b1 + x + one
-                    gq = lab[nq]
-                    if gq == g:
-                        continue
-                    wt = min(vp, v[nq])
-                    kq = _U(min(g, gq)) * stride + _U(max(g, gq))
-                    if kq == key:
-                        best = max(best, wt)
-                    else:
-                        pair[key] = max(pair[key], best)
-                        key = kq
-                        best = wt
-            pair[key] = max(pair[key], best)
-            # first and last column
-            for xi in (0, w - 1):
-                x = _U(xi)
-                p = b0 + x
-                g = lab[p]
-                vp = v[p]
-                if xi + 1 < w:
-                    _pair_max(pair, stride, g, lab[p + one], min(vp, v[p + one]))
-                _pair_max(pair, stride, g, lab[b1 + x], min(vp, v[b1 + x]))
-                if diag and xi > 0:
-                    _pair_max(pair, stride, g, lab[b1 + x - one], min(vp, v[b1 + x - one]))
-                if diag and xi + 1 < w:
-                    _pair_max(pair, stride, g, lab[b1 + x + one], min(vp, v[b1 + x + one]))
+        pair = _pair_table(v, h, w, diag, sx0, sx1, row_first, grp, ng)
         ne = 0
         for a in range(ng):
             for b in range(a + 1, ng):
@@ -765,12 +757,12 @@ def upper_sets(v, h, w, conn, lut, want_area, want_border, segs, ns, labels):
         gy0, gy1, gx0, gx1 = _group_boxes(
             v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, gmax, base, off, lab8
         )
-        ea, eb, ew = _group_edges(v, h, w, diag, lut, lab8, flags, ng)
+        ea, eb, ew = _group_edges(v, h, w, diag, lut, lab8, flags, ng, sx0, sx1, row_first, grp)
     else:
         gy0, gy1, gx0, gx1 = _group_boxes(
             v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, gmax, base, off, lab32
         )
-        ea, eb, ew = _group_edges(v, h, w, diag, lut, lab32, flags, ng)
+        ea, eb, ew = _group_edges(v, h, w, diag, lut, lab32, flags, ng, sx0, sx1, row_first, grp)
     gaux = np.zeros(off[ng] if want_area else 0, np.int64)
     if want_area:
         if ng < 256:
