@@ -590,7 +590,7 @@ def _group_areas(v, h, w, lut, lab, off, out):
     hist = np.zeros(2 * (ng + 1) * 256, np.int32)
     s1 = np.empty(w, np.uint8)
     s2 = np.empty(w, np.uint8)
-    owner = np.empty(w, np.int32)
+    owner = np.empty(w, lab.dtype)
     for y in range(h - 1):
         p0 = _U(y) * uw
         p1 = p0 + uw
@@ -601,9 +601,10 @@ def _group_areas(v, h, w, lut, lab, off, out):
             lo2, hi2 = min(c, d), max(c, d)
             s2[x] = min(max(lo1, lo2), min(hi1, hi2))
             s1[x] = min(lo1, lo2)
-            owner[x] = np.int32(lab[p0 + x] if a >= b else lab[p0 + x + one]) * 256
+            la, lb = lab[p0 + x], lab[p0 + x + one]  # both loaded: a select, no branch
+            owner[x] = la if a >= b else lb
         for x in range(uw - one):
-            o = _U(owner[x])
+            o = _U(owner[x]) << _U(8)
             hist[o + _U(s1[x])] += 1
             hist[size + o + _U(s2[x])] += 1
     # events at a value count at every level up to the value's: suffix sums
