@@ -324,12 +324,12 @@ def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns):
 
 
 @numba.njit(**_JIT)
-def _group_boxes(v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, gmax, base, off, lab):
+def _group_boxes(v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, gmax, base, off, lab, want_lab):
     """Per group and level j > ``base[g]`` (index ``off[g] + j - base[g] - 1``):
     first and last row and column holding a pixel of level ``lut[value] >= j``
     (rows from the segments' maxima, columns from the group's per-column
-    maxima). Also writes the group of every pixel into ``lab`` (``ng`` where
-    never on)."""
+    maxima). With ``want_lab``, also writes the group of every pixel into ``lab``
+    (``ng`` where never on)."""
     tot = off[ng]
     gy0 = np.empty(tot, np.int32)
     gy1 = np.empty(tot, np.int32)
@@ -364,17 +364,17 @@ def _group_boxes(v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, gmax, base, off
         for s in range(row_first[y], row_first[y + 1]):
             g = grp[s]
             s0, s1 = _U(sx0[s]), _U(sx1[s])
-            gl = lab.dtype.type(g if g >= 0 else ng)
-            if g < 0 or base[g] >= gmax[g]:  # no table to fill
+            if want_lab:
+                gl = lab.dtype.type(g if g >= 0 else ng)
                 for x in range(base_px + s0, base_px + s1 + _U(1)):
                     lab[x] = gl
+            if g < 0 or base[g] >= gmax[g]:  # no table to fill
                 continue
             gxa[g] = min(gxa[g], np.int64(s0))
             gxb[g] = max(gxb[g], np.int64(s1))
             cb = _U(g) * uw
             for x in range(s0, s1 + _U(1)):
                 colmax[cb + x] = max(colmax[cb + x], v[base_px + x])
-                lab[base_px + x] = gl
     # first (last) column reaching each level, scanning from the left (right) up
     # to the group's top level
     for g in range(ng):
@@ -753,15 +753,16 @@ def upper_sets(v, h, w, conn, lut, want_area, want_border, segs, ns, labels):
     off[0] = 0
     for g in range(ng):
         off[g + 1] = off[g] + gmax[g] - base[g]
-    # one byte per pixel for the group labels when they fit (the usual case)
+    # group labels (one byte per pixel when they fit, the usual case): only the
+    # areas need them, and the edges when there are too many groups for a table
     if ng < 256:
         gy0, gy1, gx0, gx1 = _group_boxes(
-            v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, gmax, base, off, lab8
+            v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, gmax, base, off, lab8, want_area
         )
         ea, eb, ew = _group_edges(v, h, w, diag, lut, lab8, flags, ng, sx0, sx1, row_first, grp)
     else:
         gy0, gy1, gx0, gx1 = _group_boxes(
-            v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, gmax, base, off, lab32
+            v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, gmax, base, off, lab32, True
         )
         ea, eb, ew = _group_edges(v, h, w, diag, lut, lab32, flags, ng, sx0, sx1, row_first, grp)
     gaux = np.zeros(off[ng] if want_area else 0, np.int64)
