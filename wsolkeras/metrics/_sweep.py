@@ -41,9 +41,14 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros
 
 _JIT = {"cache": True, "nogil": True}
 _U = np.uint64
+_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
+# bytes 0 or 1 -> bits: ((word & _LOW_BITS) * _PACK) >> 56 has byte i's bit as bit i
+_LOW_BITS = np.uint64(0x0101010101010101)
+_PACK = np.uint64(0x0102040810204080)
 
 
 class Workspace:
@@ -128,6 +133,12 @@ def scan(s, bits, q, fg, bg):
     mx = bits[0, 0]
     nf = 0
     nb = 0
+    nwords = (w + 63) >> 6
+    dirs = np.zeros(nwords * 64, np.uint8)
+    dirs64 = dirs.view(np.uint64)
+    rise = np.empty(nwords, np.uint64)
+    fall = np.empty(nwords, np.uint64)
+    start = np.empty(nwords, np.uint64)
     for y in range(h):
         frf[y] = nf
         brf[y] = nb
@@ -139,25 +150,63 @@ def scan(s, bits, q, fg, bg):
             mn = min(mn, b)
             mx = max(mx, b)
             q[base + x] = np.uint8(min(max(np.float64(row[x]) * 255.0, 0.0), 255.0))
-        # foreground segments; the top plateau is extended while not yet falling
-        prev = q[base]
-        f_start, f_falling, f_top, f_pf, f_pl = _U(0), False, prev, _U(0), _U(0)
+        # foreground segments: a new one starts at a rise whose last change before
+        # was a fall. Rises R and falls F as bit masks (bit x: column x - 1 to x),
+        # 64 columns to a word; a start is a rise just above a run of non-rises
+        # (M = ~R) that holds a fall, i.e. where M + F carries into a rise.
         for x in range(one, uw):
-            a = q[base + x]
-            if a > prev:
-                if f_falling:
-                    fx0[nf], fx1[nf], fv[nf], fpf[nf], fpl[nf] = f_start, x - one, f_top, f_pf, f_pl
-                    nf += 1
-                    f_start = x
-                    f_falling = False
-                f_top, f_pf, f_pl = a, x, x
-            elif a < prev:
-                f_falling = True
-            elif not f_falling:
-                f_pl = x
-            prev = a
-        fx0[nf], fx1[nf], fv[nf], fpf[nf], fpl[nf] = f_start, uw - one, f_top, f_pf, f_pl
-        nf += 1
+            a, p = q[base + x], q[base + x - one]
+            dirs[x] = np.uint8(a > p) | (np.uint8(a < p) << np.uint8(1))
+        carry = _U(0)
+        for wi in range(nwords):
+            r = _U(0)
+            f = _U(0)
+            for j in range(8):
+                word = dirs64[wi * 8 + j]
+                r |= (((word & _LOW_BITS) * _PACK) >> _U(56)) << _U(8 * j)
+                f |= ((((word >> one) & _LOW_BITS) * _PACK) >> _U(56)) << _U(8 * j)
+            rise[wi] = r
+            fall[wi] = f
+            m = ~r
+            t = m + f
+            c1 = _U(t < m)
+            t2 = t + carry
+            carry = c1 | _U(t2 < t)
+            start[wi] = r & t2
+        s0 = 0
+        for wi in range(nwords + 1):
+            word = start[wi] if wi < nwords else _U(1)  # a sentinel start at column nwords * 64
+            while word != _U(0):
+                low = word & (~word + one)
+                word ^= low
+                nxt = (wi << 6) + np.int64(trailing_zeros(low))
+                if wi == nwords:
+                    nxt = w
+                if nxt == 0:
+                    continue
+                s1 = nxt - 1
+                # top: the last rise in s0..s1 (s0 if none), then up to the first fall
+                pf = s0
+                for wj in range(s1 >> 6, (s0 >> 6) - 1, -1):
+                    rw = rise[wj]
+                    if wj == (s1 >> 6):
+                        rw &= _ONES >> _U(63 - (s1 & 63))
+                    if rw != _U(0):
+                        pf = max(s0, (wj << 6) + 63 - np.int64(leading_zeros(rw)))
+                        break
+                pl = s1
+                for wj in range((pf + 1) >> 6, (s1 >> 6) + 1):
+                    fw = fall[wj]
+                    if wj == ((pf + 1) >> 6):
+                        fw &= _ONES << _U((pf + 1) & 63)
+                    if fw != _U(0):
+                        pl = min(s1, (wj << 6) + np.int64(trailing_zeros(fw)) - 1)
+                        break
+                fx0[nf], fx1[nf], fv[nf], fpf[nf], fpl[nf] = s0, s1, q[base + _U(pf)], pf, pl
+                nf += 1
+                s0 = nxt
+                if wi == nwords:
+                    break
         # background segments: each holds one valley floor (ending right before a
         # foreground split) or a monotone end of the row
         f0 = frf[y]
