@@ -311,17 +311,25 @@ def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns):
                     ta = t
                 else:
                     tb = t
+                # the segments u of row yy over columns lo..hi, left to right; u
+                # is unimodal, so its highest pixel there is its top, or the
+                # column of the range nearest to its top
                 base = _U(yy) * uw
-                for x in range(lo, hi + _U(1)):
-                    a = v[base + x]
-                    if a < m:
-                        continue
-                    while sx1[t] < np.int64(x):
-                        t += 1
-                    if a > m or sv[t] > m or t > s:
-                        found = t
-                        break
-                    peer[s] = t
+                u = t
+                u_end = row_first[yy + 1]
+                while u < u_end and sx0[u] <= np.int64(hi):
+                    if spl[u] < np.int64(lo):
+                        a = v[base + lo]
+                    elif spf[u] > np.int64(hi):
+                        a = v[base + hi]
+                    else:
+                        a = sv[u]
+                    if a >= m:
+                        if sv[u] > m or u > s:
+                            found = u
+                            break
+                        peer[s] = u
+                    u += 1
                 if found >= 0:
                     break
             up[s] = found
