@@ -57,21 +57,19 @@ def _as_boxes(boxes, index: int) -> np.ndarray:
         raise ValueError(
             f"gt_boxes[{index}] must have shape [N, 4] (x0, y0, x1, y1), got {arr.shape}"
         )
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+    kind = arr.dtype.kind
+    if kind == "f":
+        if not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+            raise ValueError(
+                f"gt_boxes[{index}] must be integer pixel coordinates at the evaluation size "
+                "(tfrecords.schema.boxes_to_pixels converts normalised boxes)"
+            )
+    elif kind not in "iu":
         raise ValueError(f"gt_boxes[{index}] must hold numbers, got dtype {arr.dtype}")
-    if np.issubdtype(arr.dtype, np.floating) and not (
-        np.isfinite(arr).all() and (arr == np.round(arr)).all()
-    ):
-        raise ValueError(
-            f"gt_boxes[{index}] must be integer pixel coordinates at the evaluation size "
-            "(tfrecords.schema.boxes_to_pixels converts normalised boxes)"
-        )
-    arr = arr.astype(np.int64)
-    bad = (arr[:, 2] < arr[:, 0]) | (arr[:, 3] < arr[:, 1])
-    if bad.any():
-        raise ValueError(
-            f"gt_boxes[{index}] has a box with x1 < x0 or y1 < y0: {arr[bad][0].tolist()}"
-        )
+    arr = arr.astype(np.int64, copy=False)
+    for box in arr.tolist():  # a few boxes: plain Python is quicker than numpy here
+        if box[2] < box[0] or box[3] < box[1]:
+            raise ValueError(f"gt_boxes[{index}] has a box with x1 < x0 or y1 < y0: {box}")
     return arr
 
 
@@ -203,8 +201,8 @@ class BoxEvaluator:
                 correct_counts[t] += hit.sum(axis=0)
                 if flags is not None:
                     top1_counts[t] += (hit & flags[start:stop, None]).sum(axis=0)
-            for row in ious:  # image by image, as a running mean over images would
-                iou_sum += row
+            # image by image, as a running mean over images would (cumsum adds in order)
+            iou_sum = np.cumsum(np.concatenate([iou_sum[None], ious]), axis=0)[-1]
         for t in self.iou_thresholds:
             self._num_correct[t] += correct_counts[t]
             self._num_top1[t] += top1_counts[t]
