@@ -21,14 +21,14 @@ How, without one OpenCV call per tau:
   pixels around the hole; checked against OpenCV in the tests).
 * ``cv2.contourArea`` of an outer contour equals the bit-quad area of the
   component with its holes filled (cells with 4 corners inside count 1, with 3
-  corners 1/2; checked against OpenCV in the tests). Filling holes only adds
-  area, at most the cells of each hole's box grown by one, and hole contours
-  never exceed their parent (which OpenCV lists first). So the largest
-  component is known exactly when its unfilled area beats every other
-  component's unfilled area plus the cells of the holes that can lie inside
-  it (and its box). Where that does not settle it (about one cut in 180 at
-  step 0.01 on CAM-like maps), OpenCV measures the candidates on the box that
-  holds them; only exact ties go to OpenCV on the whole map, whose contour
+  corners 1/2; checked against OpenCV in the tests), and a hole's contour is
+  smaller than its parent's, which OpenCV lists first. At cut k the filled
+  components are the 8-connected components of the complement of the
+  background that reaches the image border; raising each pixel to the first
+  cut at which its background component reaches the border (``fill_holes``)
+  gives one image whose components at every cut are those, so one more sweep
+  over it, with areas, gives the largest contour's box at every cut. Only
+  exact ties of the largest area go to OpenCV on the whole map, whose contour
   order decides.
 """
 
@@ -54,7 +54,7 @@ class LevelIoU:
         self.need_table = np.zeros((256, 256), bool)
         self.need_table[np.arange(256)[:, None], self.cut_table] = True
         self._workspaces: dict[tuple[int, int], _sweep.Workspace] = {}
-        self.fallback_cuts = 0  # cuts evaluated with OpenCV (ambiguous largest contour)
+        self.fallback_cuts = 0  # cuts evaluated with OpenCV (ties for the largest contour)
 
     def __call__(self, maps: np.ndarray, gt: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """IoU ``[B, T]`` for C-contiguous float maps ``[B, H, W]`` and per-map gt
@@ -69,7 +69,7 @@ class LevelIoU:
         gt_first[1:] = np.cumsum([len(g) for g in gt])
         gt_all = np.concatenate([np.zeros((0, 4), np.int64)] + list(gt))
         iou_k = np.zeros((bsz, 256))
-        amb = np.empty((bsz * 256, 6), np.int64)
+        amb = np.empty((bsz * 256, 2), np.int64)
         stats = np.empty((bsz, 3))
         q = np.empty((bsz, hh, ww), np.uint8)
         namb = _sweep.box_ious(
@@ -87,12 +87,10 @@ class LevelIoU:
             ws.bg,
             ws.labels,
             ws.r,
+            ws.filled,
         )
-        for i, cut, x0, y0, x1, y1 in amb[:namb]:
-            box = _largest_in_box(q[i], int(cut), x0, y0, x1, y1)
-            if box is None:  # a tie: OpenCV's contour order decides
-                box = _reference_largest_box(q[i], int(cut))
-            iou_k[i, cut] = _best_iou(box, gt[i])
+        for i, cut in amb[:namb]:
+            iou_k[i, cut] = _best_iou(_reference_largest_box(q[i], int(cut)), gt[i])
         self.fallback_cuts += int(namb)
         qmax = q.reshape(bsz, -1).max(axis=1)
         return np.take_along_axis(iou_k, self.cut_table[qmax], axis=1), stats
@@ -101,26 +99,6 @@ class LevelIoU:
 def _best_iou(box: np.ndarray, gt: np.ndarray) -> float:
     """Best inclusive-pixel IoU of one box with the rows of ``gt`` (0 if none)."""
     return _sweep.best_iou(int(box[0]), int(box[1]), int(box[2]), int(box[3]), gt, 0, len(gt))
-
-
-def _largest_in_box(q: np.ndarray, cut: int, x0: int, y0: int, x1: int, y1: int):
-    """The protocol's MaxBoxAcc box at one cut when every contour that can be the
-    largest lies in box x0..x1, y0..y1: OpenCV on that part of the map (grown by
-    a pixel) only. The outer contours of components inside it are those of the
-    whole map, and others are cut short, so smaller than the largest. None on a
-    tie (the order of the whole map's contours decides)."""
-    hh, ww = q.shape
-    x0, y0 = max(int(x0) - 1, 0), max(int(y0) - 1, 0)
-    x1, y1 = min(int(x1) + 1, ww - 1), min(int(y1) + 1, hh - 1)
-    _, binary = cv2.threshold(q[y0 : y1 + 1, x0 : x1 + 1], cut, 255, cv2.THRESH_BINARY)
-    contours = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
-    areas = [cv2.contourArea(c) for c in contours]
-    best = max(areas)
-    if areas.count(best) > 1:
-        return None
-    x, y, w, h = cv2.boundingRect(contours[areas.index(best)])
-    x, y = x + x0, y + y0
-    return np.array([x, y, min(x + w, ww - 1), min(y + h, hh - 1)], np.int64)
 
 
 def _reference_largest_box(q: np.ndarray, cut: int) -> np.ndarray:

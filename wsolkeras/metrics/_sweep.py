@@ -32,7 +32,9 @@ the components of every level come out (``upper_sets``):
 foreground components (8-connected, ``q > k``) and holes (4-connected
 components of ``q <= k`` holding no border pixel, found by the same sweep on
 ``k_max + 1 - q``), their boxes as OpenCV's contours give them, and the best
-IoU with the ground-truth boxes at every cut. Everything is compiled with
+IoU with the ground-truth boxes at every cut. For the largest contour it
+sweeps instead, with areas, the image whose holes are filled up to the cut at
+which they reach the border (``fill_holes``). Everything is compiled with
 numba; per-pixel loops index with unsigned integers (numba checks signed
 indices for wrap-around, which stops LLVM from vectorising them).
 """
@@ -76,6 +78,7 @@ class Workspace:
         self.labels = (np.empty(n, np.uint8), np.empty(n, np.int32), np.empty(w, np.uint8))
         self.q = np.empty(n, np.uint8)
         self.r = np.empty(n, np.uint8)
+        self.filled = np.empty(n, np.uint8)
 
 
 @numba.njit(**_JIT)
@@ -108,7 +111,7 @@ def _first_move(q, base, w):
 
 
 @numba.njit(**_JIT)
-def scan(s, bits, q, fg, bg):
+def scan(s, bits, q, fg, bg, quantize, want_bg):
     """Quantises one map ``s [H, W]`` (floats) as the protocol does, ``q =
     uint8(s * 255)`` (truncation), into ``q`` (flat), and cuts every row into
     segments for both sweeps (see ``Workspace`` for ``fg`` and ``bg``).
@@ -123,6 +126,9 @@ def scan(s, bits, q, fg, bg):
     are returned with the segment counts, ``(nf, nb, min bits, max bits)`` (for
     non-negative floats, integer order is value order; a loop LLVM vectorises,
     unlike float minima that must mind NaN).
+
+    With ``quantize`` False, ``q`` already holds the image (``s`` gives only the
+    shape); without ``want_bg`` only the foreground segments are made.
     """
     fx0, fx1, fv, fpf, fpl, frf = fg
     bx0, bx1, bv, bpf, bpl, brf = bg
@@ -145,11 +151,12 @@ def scan(s, bits, q, fg, bg):
         base = _U(y) * uw
         row = s[y]
         row_bits = bits[y]
-        for x in range(uw):
-            b = row_bits[x]
-            mn = min(mn, b)
-            mx = max(mx, b)
-            q[base + x] = np.uint8(min(max(np.float64(row[x]) * 255.0, 0.0), 255.0))
+        if quantize:
+            for x in range(uw):
+                b = row_bits[x]
+                mn = min(mn, b)
+                mx = max(mx, b)
+                q[base + x] = np.uint8(min(max(np.float64(row[x]) * 255.0, 0.0), 255.0))
         # foreground segments: a new one starts at a rise whose last change before
         # was a fall. Rises R and falls F as bit masks (bit x: column x - 1 to x),
         # 64 columns to a word; a start is a rise just above a run of non-rises
@@ -207,6 +214,8 @@ def scan(s, bits, q, fg, bg):
                 s0 = nxt
                 if wi == nwords:
                     break
+        if not want_bg:
+            continue
         # background segments: each holds one valley floor (ending right before a
         # foreground split) or a monotone end of the row
         f0 = frf[y]
@@ -381,12 +390,11 @@ def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns):
 
 
 @numba.njit(**_JIT)
-def _group_boxes(v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, gmax, base, off, lab, want_lab):
+def _group_boxes(v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, gmax, base, off):
     """Per group and level j > ``base[g]`` (index ``off[g] + j - base[g] - 1``):
     first and last row and column holding a pixel of level ``lut[value] >= j``
     (rows from the segments' maxima, columns from the group's per-column
-    maxima). With ``want_lab``, also writes the group of every pixel into ``lab``
-    (``ng`` where never on)."""
+    maxima)."""
     tot = off[ng]
     gy0 = np.empty(tot, np.int32)
     gy1 = np.empty(tot, np.int32)
@@ -421,10 +429,6 @@ def _group_boxes(v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, gmax, base, off
         for s in range(row_first[y], row_first[y + 1]):
             g = grp[s]
             s0, s1 = _U(sx0[s]), _U(sx1[s])
-            if want_lab:
-                gl = lab.dtype.type(g if g >= 0 else ng)
-                for x in range(base_px + s0, base_px + s1 + _U(1)):
-                    lab[x] = gl
             if g < 0 or base[g] >= gmax[g]:  # no table to fill
                 continue
             gxa[g] = min(gxa[g], np.int64(s0))
@@ -764,6 +768,58 @@ def _sweep_levels(nlev, ng, gmax, base, off, ea, eb, ew, gx0, gy0, gx1, gy1, gau
 
 
 @numba.njit(**_JIT)
+def _fill_labels(h, w, sx0, sx1, row_first, grp, ng, lab):
+    """The group of every pixel (``ng`` where there is none) into ``lab``."""
+    uw = _U(w)
+    for y in range(h):
+        base_px = _U(y) * uw
+        for s in range(row_first[y], row_first[y + 1]):
+            g = grp[s]
+            gl = lab.dtype.type(g if g >= 0 else ng)
+            for x in range(base_px + _U(sx0[s]), base_px + _U(sx1[s]) + _U(1)):
+                lab[x] = gl
+
+
+@numba.njit(**_JIT)
+def _group_graph(v, h, w, conn, lut, want_border, segs, ns, labels):
+    """The groups of ``v`` (see ``upper_sets``) and the edges between them:
+    ``(grp, ng, gmax, base, ea, eb, ew)``: each segment's group, the number of
+    groups, each one's top level, the level ``base`` down from which it holds a
+    pixel of the image border (with ``want_border``, else 0), and the edges as
+    ``_group_edges`` gives them. With 256 groups or more, ``labels[1]`` holds
+    the group of every pixel afterwards."""
+    sx0, sx1, sv, spf, spl, row_first = segs
+    lab8, lab32, flags = labels
+    diag = conn == 8
+    d = 1 if diag else 0
+    grp, ng, gmax = _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns)
+    for g in range(ng):
+        gmax[g] = lut[gmax[g]]
+    base = np.zeros(ng, np.int64)
+    if want_border:
+        for y in range(h):
+            for s in range(row_first[y], row_first[y + 1]):
+                g = grp[s]
+                if g < 0:
+                    continue
+                if y == 0 or y == h - 1:
+                    bv = sv[s]
+                else:
+                    bv = np.uint8(0)
+                    if sx0[s] == 0:
+                        bv = v[y * w]
+                    if sx1[s] == w - 1:
+                        bv = max(bv, v[y * w + w - 1])
+                base[g] = min(max(base[g], np.int64(lut[bv])), gmax[g])
+    if ng < 256:  # the edges come from a table filled from the segments
+        ea, eb, ew = _group_edges(v, h, w, diag, lut, lab8, flags, ng, sx0, sx1, row_first, grp)
+    else:  # too many groups for a table: pixel pairs, from the labels
+        _fill_labels(h, w, sx0, sx1, row_first, grp, ng, lab32)
+        ea, eb, ew = _group_edges(v, h, w, diag, lut, lab32, flags, ng, sx0, sx1, row_first, grp)
+    return grp, ng, gmax, base, ea, eb, ew
+
+
+@numba.njit(**_JIT)
 def upper_sets(v, h, w, conn, lut, want_area, want_border, segs, ns, labels):
     """Components of the pixels of level ``lut[v] >= j`` (``v`` flat ``h * w``
     uint8, ``lut`` a non-decreasing map of values to levels 0 .. J) at every
@@ -782,54 +838,94 @@ def upper_sets(v, h, w, conn, lut, want_area, want_border, segs, ns, labels):
     sx0, sx1, sv, spf, spl, row_first = segs
     lab8, lab32, flags = labels
     nlev = np.int64(lut[255])
-    diag = conn == 8
-    d = 1 if diag else 0
-    grp, ng, gmax = _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns)
-    for g in range(ng):
-        gmax[g] = lut[gmax[g]]
-    # base[g]: the group's tables hold levels base[g] + 1 .. gmax[g]. With
-    # ``want_border``, levels where the group holds a border pixel are left out:
-    # its component is never a hole there.
-    base = np.zeros(ng, np.int64)
-    if want_border:
-        for y in range(h):
-            for s in range(row_first[y], row_first[y + 1]):
-                g = grp[s]
-                if g < 0:
-                    continue
-                if y == 0 or y == h - 1:
-                    bv = sv[s]
-                else:
-                    bv = np.uint8(0)
-                    if sx0[s] == 0:
-                        bv = v[y * w]
-                    if sx1[s] == w - 1:
-                        bv = max(bv, v[y * w + w - 1])
-                base[g] = min(max(base[g], np.int64(lut[bv])), gmax[g])
+    grp, ng, gmax, base, ea, eb, ew = _group_graph(
+        v, h, w, conn, lut, want_border, segs, ns, labels
+    )
+    # the group's tables hold levels base[g] + 1 .. gmax[g]: with ``want_border``,
+    # levels where the group holds a border pixel are left out (its component is
+    # never a hole there)
     off = np.empty(ng + 1, np.int64)
     off[0] = 0
     for g in range(ng):
         off[g + 1] = off[g] + gmax[g] - base[g]
-    # group labels (one byte per pixel when they fit, the usual case): only the
-    # areas need them, and the edges when there are too many groups for a table
-    if ng < 256:
-        gy0, gy1, gx0, gx1 = _group_boxes(
-            v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, gmax, base, off, lab8, want_area
-        )
-        ea, eb, ew = _group_edges(v, h, w, diag, lut, lab8, flags, ng, sx0, sx1, row_first, grp)
-    else:
-        gy0, gy1, gx0, gx1 = _group_boxes(
-            v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, gmax, base, off, lab32, True
-        )
-        ea, eb, ew = _group_edges(v, h, w, diag, lut, lab32, flags, ng, sx0, sx1, row_first, grp)
+    gy0, gy1, gx0, gx1 = _group_boxes(
+        v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, gmax, base, off
+    )
     gaux = np.zeros(off[ng] if want_area else 0, np.int64)
-    if want_area:
+    if want_area:  # per-pixel group labels, one byte each when they fit
         if ng < 256:
+            _fill_labels(h, w, sx0, sx1, row_first, grp, ng, lab8)
             _group_areas(v, h, w, lut, lab8, off, gaux)
         else:
             _group_areas(v, h, w, lut, lab32, off, gaux)
     aux_kind = 1 if want_area else (2 if want_border else 0)
     return _sweep_levels(nlev, ng, gmax, base, off, ea, eb, ew, gx0, gy0, gx1, gy1, gaux, aux_kind)
+
+
+@numba.njit(**_JIT)
+def _touch_levels(ng, base, ea, eb, ew, nlev):
+    """For each group, the highest level at which its component holds a pixel of
+    the image border (0: at no level): a Kruskal sweep from the top level down,
+    each component keeping the highest ``base`` of its groups."""
+    uf = np.arange(ng, dtype=np.int64)
+    mb = base.copy()
+    touch = np.zeros(ng, np.int64)
+    pending = np.arange(ng, dtype=np.int64)
+    npend = ng
+    ei = 0
+    for lev in range(nlev, 0, -1):
+        while ei < ea.size and ew[ei] >= lev:
+            ra, rb = _find(uf, ea[ei]), _find(uf, eb[ei])
+            ei += 1
+            if ra != rb:
+                uf[rb] = ra
+                mb[ra] = max(mb[ra], mb[rb])
+        j = 0
+        for i in range(npend):
+            g = pending[i]
+            if mb[_find(uf, g)] >= lev:
+                touch[g] = lev
+            else:
+                pending[j] = g
+                j += 1
+        npend = j
+        if npend == 0:
+            break
+    return touch
+
+
+@numba.njit(**_JIT)
+def fill_holes(q, r, h, w, lut_bg, cuts, bg, nb, labels, out):
+    """``out = max(q, the first cut at which the pixel's background component
+    reaches the image border)``, exact at the cuts asked for (``cuts``, in
+    increasing order): at each of them, ``out > cut`` is the foreground with its
+    holes filled (the complement of the background components that hold a
+    border pixel). ``r`` and ``bg`` are the background image and its segments
+    (see ``box_ious``), ``lut_bg`` its levels.
+
+    A background group is connected at every level where a pixel of it is on,
+    so a pixel's component at any cut is its group's."""
+    grp, ng, gmax, base, ea, eb, ew = _group_graph(r, h, w, 4, lut_bg, True, bg, nb, labels)
+    ncut = cuts.size
+    touch = _touch_levels(ng, base, ea, eb, ew, np.int64(lut_bg[255]))
+    top = np.uint8(cuts[ncut - 1] + 1)  # no border at any cut asked for
+    opens = np.empty(ng, np.uint8)
+    for g in range(ng):  # background level j is the cut ncut - j (from 0)
+        opens[g] = np.uint8(cuts[ncut - touch[g]]) if touch[g] > 0 else top
+    out[:] = q
+    sx0, sx1, sv, _, _, row_first = bg
+    uw = _U(w)
+    for y in range(h):
+        base_px = _U(y) * uw
+        for s in range(row_first[y], row_first[y + 1]):
+            g = grp[s]
+            if g < 0:
+                continue
+            t = opens[g]
+            if np.int64(t) + np.int64(sv[s]) <= np.int64(top):  # not above the minimum
+                continue
+            for x in range(base_px + _U(sx0[s]), base_px + _U(sx1[s]) + _U(1)):
+                out[x] = max(out[x], t)
 
 
 @numba.njit(**_JIT)
@@ -849,7 +945,21 @@ def best_iou(x0, y0, x1, y1, gt, g0, g1):
 
 @numba.njit(**_JIT)
 def box_ious(
-    maps, bits, gt, gt_first, need_tab, multi_contour, iou_k, amb, stats, q, fg, bg, labels, r
+    maps,
+    bits,
+    gt,
+    gt_first,
+    need_tab,
+    multi_contour,
+    iou_k,
+    amb,
+    stats,
+    q,
+    fg,
+    bg,
+    labels,
+    r,
+    filled,
 ):
     """The protocol's best IoU at every cut, for a batch of score maps.
 
@@ -862,21 +972,22 @@ def box_ious(
       multi_contour: every contour (MaxBoxAccV2) or the largest one.
       iou_k: ``[B, 256]`` out: ``iou_k[i, k]`` best IoU of map i at cut k (for
         the cuts asked for).
-      amb: ``[B * 256, 6]`` out: (map, cut, box) where the largest contour is
-        not certain (left at -1 in ``iou_k``), box = ``(x0, y0, x1, y1)`` holding
-        every contour that might be it; the count is returned.
+      amb: ``[B * 256, 2]`` out: (map, cut) where two contours tie for the
+        largest area (left at -1 in ``iou_k``: OpenCV's order decides); the
+        count is returned.
       stats: ``[B, 3]`` out: each map's minimum, maximum and whether it is all
         finite. Maps with a non-finite value and constant maps are evaluated as
         zeros (as the protocol's normalisation makes them).
       q: ``[B, H, W]`` uint8 out: the quantised maps (zeros for those).
-      fg, bg, labels, r: scratch (``Workspace``).
+      fg, bg, labels, r, filled: scratch (``Workspace``).
     """
     bsz, h, w = maps.shape
     n = h * w
     namb = 0
+    cuts = np.empty(256, np.int64)
     for i in range(bsz):
         v = q[i].ravel()
-        nf, nb, mnb, mxb = scan(maps[i], bits[i], v, fg, bg)
+        nf, nb, mnb, mxb = scan(maps[i], bits[i], v, fg, bg, True, True)
         if mnb < 0:  # a value with the sign bit set: look at the values themselves
             mn, mx, finite = _float_stats(maps[i])
         else:  # all non-negative: +inf and NaN sort after every finite value
@@ -919,71 +1030,63 @@ def box_ious(
         for j in range(nb):
             a = bval[j]  # the segment's minimum of q: its maximum of r
             bval[j] = top - a if a < top else 0
+        if multi_contour:
+            f_x0, f_y0, f_x1, f_y1, _, f_start = upper_sets(
+                v, h, w, 8, lut_fg, False, False, fg, nf, labels
+            )
+            b_x0, b_y0, b_x1, b_y1, _, b_start = upper_sets(
+                r, h, w, 4, lut_bg, False, True, bg, nb, labels
+            )
+            for k in range(kmax + 1):
+                if not need_k[k]:
+                    continue
+                lf = np.int64(lut_fg[k + 1])
+                lb = np.int64(lut_bg[kmax + 1 - k])
+                best = 0.0
+                for j in range(f_start[lf + 1], f_start[lf]):
+                    x1 = min(f_x1[j] + 1, w - 1)
+                    y1 = min(f_y1[j] + 1, h - 1)
+                    best = max(best, best_iou(f_x0[j], f_y0[j], x1, y1, gt, g0, g1))
+                for j in range(b_start[lb + 1], b_start[lb]):  # holes
+                    x1 = min(b_x1[j] + 2, w - 1)
+                    y1 = min(b_y1[j] + 2, h - 1)
+                    best = max(best, best_iou(b_x0[j] - 1, b_y0[j] - 1, x1, y1, gt, g0, g1))
+                iou_k[i, k] = best
+            continue
+        # The largest contour: an outer one (a hole's contour is smaller than its
+        # parent's, which OpenCV lists first), whose contourArea is the bit-quad
+        # area of its component with the holes filled: the components of the
+        # filled image, at each cut, and their areas.
+        ncut = 0
+        for k in range(kmax + 1):
+            if need_k[k]:
+                cuts[ncut] = k
+                ncut += 1
+        fill_holes(v, r, h, w, lut_bg, cuts[:ncut], bg, nb, labels, filled)
+        nf = scan(maps[i], bits[i], filled, fg, bg, False, False)[0]
         f_x0, f_y0, f_x1, f_y1, f_aux, f_start = upper_sets(
-            v, h, w, 8, lut_fg, not multi_contour, False, fg, nf, labels
-        )
-        b_x0, b_y0, b_x1, b_y1, _, b_start = upper_sets(
-            r, h, w, 4, lut_bg, False, True, bg, nb, labels
+            filled, h, w, 8, lut_fg, True, False, fg, nf, labels
         )
         for k in range(kmax + 1):
             if not need_k[k]:
                 continue
             lf = np.int64(lut_fg[k + 1])
-            lb = np.int64(lut_bg[kmax + 1 - k])
             fa, fb = f_start[lf + 1], f_start[lf]
-            ha, hb = b_start[lb + 1], b_start[lb]
-            if multi_contour:
-                best = 0.0
-                for j in range(fa, fb):
-                    x1 = min(f_x1[j] + 1, w - 1)
-                    y1 = min(f_y1[j] + 1, h - 1)
-                    best = max(best, best_iou(f_x0[j], f_y0[j], x1, y1, gt, g0, g1))
-                for j in range(ha, hb):  # holes
-                    x1 = min(b_x1[j] + 2, w - 1)
-                    y1 = min(b_y1[j] + 2, h - 1)
-                    best = max(best, best_iou(b_x0[j] - 1, b_y0[j] - 1, x1, y1, gt, g0, g1))
-                iou_k[i, k] = best
+            jb = fa
+            tie = False
+            for j in range(fa + 1, fb):
+                if f_aux[j] > f_aux[jb]:
+                    jb = j
+                    tie = False
+                elif f_aux[j] == f_aux[jb]:
+                    tie = True
+            if tie:  # OpenCV's contour order decides
+                iou_k[i, k] = -1.0
+                amb[namb, 0] = i
+                amb[namb, 1] = k
+                namb += 1
             else:
-                # largest contour: by unfilled area, unless a rival's holes could
-                # make it larger (filling a hole adds at most 2 per cell of the
-                # hole's box grown by one; hole contours never beat their parent)
-                jb = fa
-                for j in range(fa + 1, fb):
-                    if f_aux[j] > f_aux[jb]:
-                        jb = j
-                lead = f_aux[jb]
-                # the leader and the rivals that might beat it: their union box
-                cx0, cy0, cx1, cy1 = f_x0[jb], f_y0[jb], f_x1[jb], f_y1[jb]
-                decided = True
-                for j in range(fa, fb):
-                    if j == jb:
-                        continue
-                    bound = f_aux[j]
-                    for m in range(ha, hb):
-                        if (
-                            f_x0[j] < b_x0[m]
-                            and f_y0[j] < b_y0[m]
-                            and f_x1[j] > b_x1[m]
-                            and f_y1[j] > b_y1[m]
-                        ):
-                            bound += 2 * (b_x1[m] - b_x0[m] + 2) * (b_y1[m] - b_y0[m] + 2)
-                    # the polygon through its pixel centres also lies in its box
-                    bound = min(bound, 2 * (f_x1[j] - f_x0[j]) * (f_y1[j] - f_y0[j]))
-                    if bound >= lead:
-                        decided = False
-                        cx0, cy0 = min(cx0, f_x0[j]), min(cy0, f_y0[j])
-                        cx1, cy1 = max(cx1, f_x1[j]), max(cy1, f_y1[j])
-                if decided:
-                    x1 = min(f_x1[jb] + 1, w - 1)
-                    y1 = min(f_y1[jb] + 1, h - 1)
-                    iou_k[i, k] = best_iou(f_x0[jb], f_y0[jb], x1, y1, gt, g0, g1)
-                else:
-                    iou_k[i, k] = -1.0
-                    amb[namb, 0] = i
-                    amb[namb, 1] = k
-                    amb[namb, 2] = cx0
-                    amb[namb, 3] = cy0
-                    amb[namb, 4] = cx1
-                    amb[namb, 5] = cy1
-                    namb += 1
+                x1 = min(f_x1[jb] + 1, w - 1)
+                y1 = min(f_y1[jb] + 1, h - 1)
+                iou_k[i, k] = best_iou(f_x0[jb], f_y0[jb], x1, y1, gt, g0, g1)
     return namb

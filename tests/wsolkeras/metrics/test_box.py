@@ -146,6 +146,28 @@ def test_largest_contour_by_polygon_area_not_pixel_count():
     assert _ious_at_all_taus(s, [(1, 1, 11, 2)], False)[0] == 0.0
 
 
+def test_largest_contour_area_counts_its_holes_until_they_open():
+    # R: the border of the square (2..12, 2..12), one pixel wide, at level 200, except
+    # pixel (7, 2) (the gap) at level 100; inside it an isolated pixel at 250. B: a
+    # solid 7x7 square (16..22, 4..10) at 150. Everything else is 0.
+    q = np.zeros((15, 25), np.int64)
+    q[2, 2:13] = q[12, 2:13] = q[2:13, 2] = q[2:13, 12] = 200
+    q[7, 2] = 100
+    q[7, 7] = 250
+    q[4:11, 16:23] = 150
+    s = _level(q)
+    gt_ring, gt_square = [(2, 2, 13, 13)], [(16, 4, 23, 11)]
+    ring, square = (_ious_at_all_taus(s, gt, False) for gt in (gt_ring, gt_square))
+    # tau 0.30: cut int(0.3 * 250) = 75 < 100, the ring is closed. Pixels: ring 40,
+    # square 49; contour areas: ring 10 x 10 = 100 (its hole filled: the hole's own
+    # contour has 98 and the pixel inside 0), square 6 x 6 = 36 -> the ring's box.
+    assert ring[30] == 1.0 and square[30] == 0.0
+    # tau 0.50: cut 125 opens the gap: the hole reaches the border and the ring is a
+    # C of 39 pixels whose contour encloses only its 4 corners' half cells, area 2
+    # -> the square's box.
+    assert ring[50] == 0.0 and square[50] == 1.0
+
+
 def test_ties_go_to_the_first_contour_in_opencv_order():
     # Two 2x2 squares, area 1 each. OpenCV lists the contour found last in its raster
     # scan first, so max() keeps the lower-right square: box (4, 4, 6, 6).

@@ -79,7 +79,7 @@ def _components(img, conn, levels, area=False, border=False):
     ws = _sweep.Workspace(h, w)
     s = (img.astype(np.float64) + 0.5) / 255  # quantises back to img
     q = np.empty(h * w, np.uint8)
-    nf, nb, lo, hi = _sweep.scan(s, s.view(np.int64), q, ws.fg, ws.bg)
+    nf, nb, lo, hi = _sweep.scan(s, s.view(np.int64), q, ws.fg, ws.bg, True, True)
     np.testing.assert_array_equal(q.reshape(h, w), quantize(np.minimum(s, 1.0)))
     # the extremes' bit patterns (non-negative floats sort as their bits)
     assert (lo, hi) == (s.min().view(np.int64), s.max().view(np.int64))
@@ -163,7 +163,7 @@ def test_scan_segments_are_unimodal_both_ways():
         ws = _sweep.Workspace(h, w)
         q = np.empty(h * w, np.uint8)
         s = (img + 0.5) / 255
-        nf, nb, *_ = _sweep.scan(s, s.view(np.int64), q, ws.fg, ws.bg)
+        nf, nb, *_ = _sweep.scan(s, s.view(np.int64), q, ws.fg, ws.bg, True, True)
         for (x0, x1, val, pf, pl, first), ns, sign in ((ws.fg, nf, 1), (ws.bg, nb, -1)):
             assert first[h] == ns
             for y in range(h):
