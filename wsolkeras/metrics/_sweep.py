@@ -58,7 +58,8 @@ class Workspace:
     segments of the foreground and background scans (``(first column, last
     column, value, first and last column at the value, first segment of each
     row)``), the group of each pixel (one byte when there are fewer than 256
-    groups, else four) and a row of flags."""
+    groups, else four) for the cell areas, the quantised map and the background
+    and filled images."""
 
     def __init__(self, h: int, w: int):
         n = h * w
@@ -75,7 +76,7 @@ class Workspace:
 
         self.fg = segments()
         self.bg = segments()
-        self.labels = (np.empty(n, np.uint8), np.empty(n, np.int32), np.empty(w, np.uint8))
+        self.labels = (np.empty(n, np.uint8), np.empty(n, np.int32))
         self.q = np.empty(n, np.uint8)
         self.r = np.empty(n, np.uint8)
         self.filled = np.empty(n, np.uint8)
@@ -390,243 +391,177 @@ def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns):
 
 
 @numba.njit(**_JIT)
-def _group_boxes(v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, gmax, base, off):
-    """Per group and level j > ``base[g]`` (index ``off[g] + j - base[g] - 1``):
-    first and last row and column holding a pixel of level ``lut[value] >= j``
-    (rows from the segments' maxima, columns from the group's per-column
-    maxima)."""
-    tot = off[ng]
+def _group_tables(
+    v, h, w, diag, lut, sx0, sx1, sv, row_first, grp, ng, gmax, base, off, want_boxes
+):
+    """One pass over the segments for the groups' boxes and the edges between them.
+
+    Boxes (with ``want_boxes``): per group and level j > ``base[g]`` (index
+    ``off[g] + j - base[g] - 1``), the first and last row and column holding a
+    pixel of level ``lut[value] >= j``: rows from the segments' maxima, columns
+    from the group's per-column maxima.
+
+    Edges: the highest level at which two groups touch, from the segments: the
+    left-right neighbours across groups are the ends of consecutive segments of
+    a row, and the up-down (and diagonal) ones lie where a segment overlaps a
+    segment of the next row in another group; only those overlaps are scanned.
+    With up to 255 groups (the usual case) each pair keeps its best weight in a
+    table; with more, every touching pair of segments is listed (repeats do no
+    harm to the sweep).
+
+    Returns ``(gy0, gy1, gx0, gx1, ea, eb, ew)``, the edges ``(g1, g2, level)``
+    sorted by decreasing level.
+    """
+    tot = off[ng] if want_boxes else 0
     gy0 = np.empty(tot, np.int32)
     gy1 = np.empty(tot, np.int32)
     gx0 = np.empty(tot, np.int32)
     gx1 = np.empty(tot, np.int32)
-    best = base.copy()
-    for y in range(h):
-        for s in range(row_first[y], row_first[y + 1]):
-            g = grp[s]
-            top = np.int64(lut[sv[s]])
-            if g >= 0 and top > best[g]:
-                o = off[g] - base[g] - 1
-                for lev in range(best[g] + 1, top + 1):
-                    gy0[o + lev] = y
-                best[g] = top
-    best[:] = base
-    for y in range(h - 1, -1, -1):
-        for s in range(row_first[y], row_first[y + 1]):
-            g = grp[s]
-            top = np.int64(lut[sv[s]])
-            if g >= 0 and top > best[g]:
-                o = off[g] - base[g] - 1
-                for lev in range(best[g] + 1, top + 1):
-                    gy1[o + lev] = y
-                best[g] = top
-    uw = _U(w)
-    colmax = np.zeros(ng * w, np.uint8)
-    gxa = np.full(ng, w, np.int64)
-    gxb = np.full(ng, -1, np.int64)
-    for y in range(h):
-        base_px = _U(y) * uw
-        for s in range(row_first[y], row_first[y + 1]):
-            g = grp[s]
-            s0, s1 = _U(sx0[s]), _U(sx1[s])
-            if g < 0 or base[g] >= gmax[g]:  # no table to fill
-                continue
-            gxa[g] = min(gxa[g], np.int64(s0))
-            gxb[g] = max(gxb[g], np.int64(s1))
-            cb = _U(g) * uw
-            for x in range(s0, s1 + _U(1)):
-                colmax[cb + x] = max(colmax[cb + x], v[base_px + x])
-    # first (last) column reaching each level, scanning from the left (right) up
-    # to the group's top level
-    for g in range(ng):
-        cb = _U(g) * uw
-        o = off[g] - base[g] - 1
-        peak = gmax[g]
-        top = base[g]
-        if top >= peak:
-            continue
-        for x in range(_U(gxa[g]), _U(gxb[g]) + _U(1)):
-            c = np.int64(lut[colmax[cb + x]])
-            if c > top:
-                for lev in range(top + 1, c + 1):
-                    gx0[o + lev] = x
-                top = c
-                if top == peak:
-                    break
-        top = base[g]
-        for x in range(gxb[g], gxa[g] - 1, -1):
-            c = np.int64(lut[colmax[cb + _U(x)]])
-            if c > top:
-                for lev in range(top + 1, c + 1):
-                    gx1[o + lev] = x
-                top = c
-                if top == peak:
-                    break
-    return gy0, gy1, gx0, gx1
-
-
-@numba.njit(**_JIT)
-def _edge_flags(h, w, diag, lab, y, flags):
-    """flags[x] for 0 < x < w - 1: pixel (y, x) has a right or lower (8-connected:
-    also diagonal) neighbour in another group; a loop LLVM vectorises."""
-    uw = _U(w)
-    one = _U(1)
-    b0 = _U(y) * uw
-    b1 = b0 + uw
-    if diag:
-        for x in range(one, uw - one):
-            p = b0 + x
-            a = lab[p]
-            flags[x] = np.uint8(
-                (a != lab[p + one])
-                | (a != lab[b1 + x])
-                | (a != lab[b1 + x - one])
-                | (a != lab[b1 + x + one])
-            )
-    else:
-        for x in range(one, uw - one):
-            p = b0 + x
-            a = lab[p]
-            flags[x] = np.uint8((a != lab[p + one]) | (a != lab[b1 + x]))
-    flags[0] = 1
-    flags[w - 1] = 1
-
-
-@numba.njit(**_JIT)
-def _touching_pairs(v, h, w, diag, lab, flags, ng):
-    """Every pair of 4- (or 8-) adjacent pixels in different groups, as rows
-    ``(group, group, min of the two values)`` (weights 0 left out)."""
-    out = np.empty((4 * h * w, 3), np.int64)
-    ne = 0
-    for y in range(h):
-        if y < h - 1:
-            _edge_flags(h, w, diag, lab, y, flags)
-        for x in range(w):
-            p = y * w + x
-            g = np.int64(lab[p])
-            if g == ng or (y < h - 1 and flags[x] == 0):
-                continue
-            for dy, dx in ((0, 1), (1, 0), (1, -1), (1, 1)):
-                if dy != 0 and dx != 0 and not diag:
-                    continue
-                yy, xx = y + dy, x + dx
-                if yy >= h or xx < 0 or xx >= w:
-                    continue
-                q = yy * w + xx
-                gq = np.int64(lab[q])
-                wt = min(v[p], v[q])
-                if gq != ng and gq != g and wt != 0:
-                    out[ne, 0] = min(g, gq)
-                    out[ne, 1] = max(g, gq)
-                    out[ne, 2] = wt
-                    ne += 1
-    return out[:ne]
-
-
-@numba.njit(**_JIT)
-def _pair_table(v, h, w, diag, sx0, sx1, row_first, grp, ng):
-    """``pair[a * (ng + 1) + b]`` for groups a < b: the highest ``min(v[p], v[q])``
-    over 4- (or 8-) adjacent pixels p of a and q of b (0: they never touch).
-
-    Found from the segments: the left-right neighbours across groups are the
-    ends of consecutive segments of a row, and the up-down (and diagonal) ones
-    lie where a segment overlaps a segment of the next row in another group;
-    only those overlaps are scanned (tight loops LLVM vectorises)."""
-    stride = ng + 1
-    pair = np.zeros(stride * stride, np.uint8)
     uw = _U(w)
     one = _U(1)
     d = 1 if diag else 0
+    small = ng < 256
+    stride = ng + 1 if small else 0
+    pair = np.zeros(stride * stride, np.uint8)
+    cap = 0 if small else 5 * row_first[h] + 8
+    la = np.empty(cap, np.int64)
+    lb = np.empty(cap, np.int64)
+    lw = np.empty(cap, np.uint8)
+    nl = 0
+    best = base.copy()
+    colmax = np.zeros(ng * w if want_boxes else 0, np.uint8)
+    gxa = np.full(ng, w, np.int64)
+    gxb = np.full(ng, -1, np.int64)
     for y in range(h):
         b0 = _U(y) * uw
-        r0, r1 = row_first[y], row_first[y + 1]
-        for s in range(r0, r1 - 1):
-            ga, gb = grp[s], grp[s + 1]
-            if ga != gb and ga >= 0 and gb >= 0:
-                x = b0 + _U(sx1[s])
-                k = min(ga, gb) * stride + max(ga, gb)
-                pair[k] = max(pair[k], min(v[x], v[x + one]))
-        if y + 1 == h:
-            break
         b1 = b0 + uw
+        r0, r1 = row_first[y], row_first[y + 1]
         t = r1
-        t_end = row_first[y + 2]
+        t_end = row_first[y + 2] if y + 1 < h else r1
         for s in range(r0, r1):
             ga = grp[s]
             if ga < 0:
                 continue
             s0, s1 = np.int64(sx0[s]), np.int64(sx1[s])
-            while sx1[t] < s0 - d:  # the next row's segments reaching column s0 - d
+            if want_boxes:
+                top = np.int64(lut[sv[s]])
+                if top > best[ga]:
+                    o = off[ga] - base[ga] - 1
+                    for lev in range(best[ga] + 1, top + 1):
+                        gy0[o + lev] = y
+                    best[ga] = top
+                if base[ga] < gmax[ga]:  # a table to fill
+                    gxa[ga] = min(gxa[ga], s0)
+                    gxb[ga] = max(gxb[ga], s1)
+                    cb = _U(ga) * uw
+                    for x in range(_U(s0), _U(s1) + one):
+                        colmax[cb + x] = max(colmax[cb + x], v[b0 + x])
+            # neighbours across groups: the next segment of the row, then the
+            # segments u of the next row within a column of s
+            gb = grp[s + 1] if s + 1 < r1 else -1
+            if gb != ga and gb >= 0:
+                x = b0 + _U(s1)
+                wt = min(v[x], v[x + one])
+                if small:
+                    k = min(ga, gb) * stride + max(ga, gb)
+                    pair[k] = max(pair[k], wt)
+                elif wt != 0:
+                    la[nl], lb[nl], lw[nl] = ga, gb, wt
+                    nl += 1
+            if t == t_end:
+                continue
+            while sx1[t] < s0 - d:
                 t += 1
             u = t
             while u < t_end and sx0[u] <= s1 + d:
                 gb = grp[u]
                 if gb != ga and gb >= 0:
                     t0, t1 = np.int64(sx0[u]), np.int64(sx1[u])
-                    best = np.uint8(0)
+                    wt = np.uint8(0)
                     for x in range(_U(max(s0, t0)), _U(min(s1, t1) + 1)):
-                        best = max(best, min(v[b0 + x], v[b1 + x]))
+                        wt = max(wt, min(v[b0 + x], v[b1 + x]))
                     if diag:
                         # (y, x) with (y + 1, x + 1), then with (y + 1, x - 1)
                         for x in range(_U(max(s0, t0 - 1)), _U(min(s1, t1 - 1) + 1)):
-                            best = max(best, min(v[b0 + x], v[b1 + x + one]))
+                            wt = max(wt, min(v[b0 + x], v[b1 + x + one]))
                         for x in range(_U(max(s0, t0 + 1)), _U(min(s1, t1 + 1) + 1)):
-                            best = max(best, min(v[b0 + x], v[b1 + x - one]))
-                    k = min(ga, gb) * stride + max(ga, gb)
-                    pair[k] = max(pair[k], best)
+                            wt = max(wt, min(v[b0 + x], v[b1 + x - one]))
+                    if small:
+                        k = min(ga, gb) * stride + max(ga, gb)
+                        pair[k] = max(pair[k], wt)
+                    elif wt != 0:
+                        la[nl], lb[nl], lw[nl] = ga, gb, wt
+                        nl += 1
                 u += 1
-    return pair
-
-
-@numba.njit(**_JIT)
-def _group_edges(v, h, w, diag, lut, lab, flags, ng, sx0, sx1, row_first, grp):
-    """The highest level (``lut[value]``) at which each pair of touching groups
-    touch, as ``(g1, g2, weight)`` arrays sorted by decreasing weight.
-
-    With up to 255 groups (the usual case) the best weight of each pair is kept
-    in a table filled from the segments (``_pair_table``); with more, every
-    touching pair of pixels is listed from the group labels ``lab`` (``ng`` where
-    there is no group), looking only at pixels whose right or lower neighbours
-    lie in another group (``_edge_flags``)."""
-    if ng > 255:
-        edges = _touching_pairs(v, h, w, diag, lab, flags, ng)
-        ne = edges.shape[0]
-    else:
-        pair = _pair_table(v, h, w, diag, sx0, sx1, row_first, grp, ng)
-        ne = 0
+    if want_boxes:
+        best[:] = base
+        for y in range(h - 1, -1, -1):
+            for s in range(row_first[y], row_first[y + 1]):
+                g = grp[s]
+                top = np.int64(lut[sv[s]])
+                if g >= 0 and top > best[g]:
+                    o = off[g] - base[g] - 1
+                    for lev in range(best[g] + 1, top + 1):
+                        gy1[o + lev] = y
+                    best[g] = top
+        # first (last) column reaching each level, scanning from the left (right)
+        # up to the group's top level
+        for g in range(ng):
+            cb = _U(g) * uw
+            o = off[g] - base[g] - 1
+            peak = gmax[g]
+            top = base[g]
+            if top >= peak:
+                continue
+            for x in range(_U(gxa[g]), _U(gxb[g]) + one):
+                c = np.int64(lut[colmax[cb + x]])
+                if c > top:
+                    for lev in range(top + 1, c + 1):
+                        gx0[o + lev] = x
+                    top = c
+                    if top == peak:
+                        break
+            top = base[g]
+            for x in range(gxb[g], gxa[g] - 1, -1):
+                c = np.int64(lut[colmax[cb + _U(x)]])
+                if c > top:
+                    for lev in range(top + 1, c + 1):
+                        gx1[o + lev] = x
+                    top = c
+                    if top == peak:
+                        break
+    if small:
         for a in range(ng):
             for b in range(a + 1, ng):
-                if pair[a * (ng + 1) + b] != 0:
-                    ne += 1
-        edges = np.empty((ne, 3), np.int64)
-        ne = 0
+                if pair[a * stride + b] != 0:
+                    nl += 1
+        la = np.empty(nl, np.int64)
+        lb = np.empty(nl, np.int64)
+        lw = np.empty(nl, np.uint8)
+        nl = 0
         for a in range(ng):
             for b in range(a + 1, ng):
-                wt = pair[a * (ng + 1) + b]
+                wt = pair[a * stride + b]
                 if wt != 0:
-                    edges[ne, 0] = a
-                    edges[ne, 1] = b
-                    edges[ne, 2] = wt
-                    ne += 1
+                    la[nl], lb[nl], lw[nl] = a, b, wt
+                    nl += 1
     # levels, by decreasing level (counting sort)
-    for e in range(ne):
-        edges[e, 2] = lut[edges[e, 2]]
     pos = np.zeros(257, np.int64)
-    for e in range(ne):
-        pos[256 - edges[e, 2]] += 1
+    for e in range(nl):
+        pos[256 - np.int64(lut[lw[e]])] += 1
     for i in range(1, 257):
         pos[i] += pos[i - 1]
-    ea = np.empty(ne, np.int64)
-    eb = np.empty(ne, np.int64)
-    ew = np.empty(ne, np.int64)
-    for e in range(ne):
-        i = 255 - edges[e, 2]
-        j = pos[i]
-        pos[i] += 1
-        ea[j] = edges[e, 0]
-        eb[j] = edges[e, 1]
-        ew[j] = edges[e, 2]
-    return ea, eb, ew
+    ea = np.empty(nl, np.int64)
+    eb = np.empty(nl, np.int64)
+    ew = np.empty(nl, np.int64)
+    for e in range(nl):
+        lev = np.int64(lut[lw[e]])
+        j = pos[255 - lev]
+        pos[255 - lev] += 1
+        ea[j] = la[e]
+        eb[j] = lb[e]
+        ew[j] = lev
+    return gy0, gy1, gx0, gx1, ea, eb, ew
 
 
 @numba.njit(**_JIT)
@@ -781,17 +716,13 @@ def _fill_labels(h, w, sx0, sx1, row_first, grp, ng, lab):
 
 
 @numba.njit(**_JIT)
-def _group_graph(v, h, w, conn, lut, want_border, segs, ns, labels):
-    """The groups of ``v`` (see ``upper_sets``) and the edges between them:
-    ``(grp, ng, gmax, base, ea, eb, ew)``: each segment's group, the number of
-    groups, each one's top level, the level ``base`` down from which it holds a
-    pixel of the image border (with ``want_border``, else 0), and the edges as
-    ``_group_edges`` gives them. With 256 groups or more, ``labels[1]`` holds
-    the group of every pixel afterwards."""
+def _group_graph(v, h, w, conn, lut, want_border, segs, ns):
+    """The groups of ``v`` (see ``upper_sets``): ``(grp, ng, gmax, base)``, each
+    segment's group, the number of groups, each one's top level and the level
+    ``base`` down from which it holds a pixel of the image border (with
+    ``want_border``, else 0)."""
     sx0, sx1, sv, spf, spl, row_first = segs
-    lab8, lab32, flags = labels
-    diag = conn == 8
-    d = 1 if diag else 0
+    d = 1 if conn == 8 else 0
     grp, ng, gmax = _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns)
     for g in range(ng):
         gmax[g] = lut[gmax[g]]
@@ -811,12 +742,7 @@ def _group_graph(v, h, w, conn, lut, want_border, segs, ns, labels):
                     if sx1[s] == w - 1:
                         bv = max(bv, v[y * w + w - 1])
                 base[g] = min(max(base[g], np.int64(lut[bv])), gmax[g])
-    if ng < 256:  # the edges come from a table filled from the segments
-        ea, eb, ew = _group_edges(v, h, w, diag, lut, lab8, flags, ng, sx0, sx1, row_first, grp)
-    else:  # too many groups for a table: pixel pairs, from the labels
-        _fill_labels(h, w, sx0, sx1, row_first, grp, ng, lab32)
-        ea, eb, ew = _group_edges(v, h, w, diag, lut, lab32, flags, ng, sx0, sx1, row_first, grp)
-    return grp, ng, gmax, base, ea, eb, ew
+    return grp, ng, gmax, base
 
 
 @numba.njit(**_JIT)
@@ -836,11 +762,9 @@ def upper_sets(v, h, w, conn, lut, want_area, want_border, segs, ns, labels):
     is the background) are returned.
     """
     sx0, sx1, sv, spf, spl, row_first = segs
-    lab8, lab32, flags = labels
+    lab8, lab32 = labels
     nlev = np.int64(lut[255])
-    grp, ng, gmax, base, ea, eb, ew = _group_graph(
-        v, h, w, conn, lut, want_border, segs, ns, labels
-    )
+    grp, ng, gmax, base = _group_graph(v, h, w, conn, lut, want_border, segs, ns)
     # the group's tables hold levels base[g] + 1 .. gmax[g]: with ``want_border``,
     # levels where the group holds a border pixel are left out (its component is
     # never a hole there)
@@ -848,8 +772,8 @@ def upper_sets(v, h, w, conn, lut, want_area, want_border, segs, ns, labels):
     off[0] = 0
     for g in range(ng):
         off[g + 1] = off[g] + gmax[g] - base[g]
-    gy0, gy1, gx0, gx1 = _group_boxes(
-        v, h, w, lut, sx0, sx1, sv, row_first, grp, ng, gmax, base, off
+    gy0, gy1, gx0, gx1, ea, eb, ew = _group_tables(
+        v, h, w, conn == 8, lut, sx0, sx1, sv, row_first, grp, ng, gmax, base, off, True
     )
     gaux = np.zeros(off[ng] if want_area else 0, np.int64)
     if want_area:  # per-pixel group labels, one byte each when they fit
@@ -857,6 +781,7 @@ def upper_sets(v, h, w, conn, lut, want_area, want_border, segs, ns, labels):
             _fill_labels(h, w, sx0, sx1, row_first, grp, ng, lab8)
             _group_areas(v, h, w, lut, lab8, off, gaux)
         else:
+            _fill_labels(h, w, sx0, sx1, row_first, grp, ng, lab32)
             _group_areas(v, h, w, lut, lab32, off, gaux)
     aux_kind = 1 if want_area else (2 if want_border else 0)
     return _sweep_levels(nlev, ng, gmax, base, off, ea, eb, ew, gx0, gy0, gx1, gy1, gaux, aux_kind)
@@ -895,7 +820,7 @@ def _touch_levels(ng, base, ea, eb, ew, nlev):
 
 
 @numba.njit(**_JIT)
-def fill_holes(q, r, h, w, lut_bg, cuts, bg, nb, labels, out):
+def fill_holes(q, r, h, w, lut_bg, cuts, bg, nb, out):
     """``out = max(q, the first cut at which the pixel's background component
     reaches the image border)``, exact at the cuts asked for (``cuts``, in
     increasing order): at each of them, ``out > cut`` is the foreground with its
@@ -905,7 +830,12 @@ def fill_holes(q, r, h, w, lut_bg, cuts, bg, nb, labels, out):
 
     A background group is connected at every level where a pixel of it is on,
     so a pixel's component at any cut is its group's."""
-    grp, ng, gmax, base, ea, eb, ew = _group_graph(r, h, w, 4, lut_bg, True, bg, nb, labels)
+    sx0, sx1, sv, _, _, row_first = bg
+    grp, ng, gmax, base = _group_graph(r, h, w, 4, lut_bg, True, bg, nb)
+    no_tables = np.zeros(ng + 1, np.int64)
+    ea, eb, ew = _group_tables(
+        r, h, w, False, lut_bg, sx0, sx1, sv, row_first, grp, ng, gmax, base, no_tables, False
+    )[4:]
     ncut = cuts.size
     touch = _touch_levels(ng, base, ea, eb, ew, np.int64(lut_bg[255]))
     top = np.uint8(cuts[ncut - 1] + 1)  # no border at any cut asked for
@@ -913,7 +843,6 @@ def fill_holes(q, r, h, w, lut_bg, cuts, bg, nb, labels, out):
     for g in range(ng):  # background level j is the cut ncut - j (from 0)
         opens[g] = np.uint8(cuts[ncut - touch[g]]) if touch[g] > 0 else top
     out[:] = q
-    sx0, sx1, sv, _, _, row_first = bg
     uw = _U(w)
     for y in range(h):
         base_px = _U(y) * uw
@@ -1062,7 +991,7 @@ def box_ious(
             if need_k[k]:
                 cuts[ncut] = k
                 ncut += 1
-        fill_holes(v, r, h, w, lut_bg, cuts[:ncut], bg, nb, labels, filled)
+        fill_holes(v, r, h, w, lut_bg, cuts[:ncut], bg, nb, filled)
         nf = scan(maps[i], bits[i], filled, fg, bg, False, False)[0]
         f_x0, f_y0, f_x1, f_y1, f_aux, f_start = upper_sets(
             filled, h, w, 8, lut_fg, True, False, fg, nf, labels
