@@ -62,16 +62,16 @@ class LevelIoU:
         ``[B, 3]`` (maps that are constant or not finite are evaluated as zeros;
         the caller checks the others' range)."""
         bsz, hh, ww = maps.shape
-        if (hh, ww) not in self._workspaces:
-            self._workspaces[(hh, ww)] = _sweep.Workspace(hh, ww)
-        ws = self._workspaces[(hh, ww)]
+        ws = self._workspaces.get((hh, ww))
+        if ws is None or ws.batch.shape[0] < bsz:
+            ws = self._workspaces[(hh, ww)] = _sweep.Workspace(hh, ww, bsz)
         gt_first = np.zeros(bsz + 1, np.int64)
         gt_first[1:] = np.cumsum([len(g) for g in gt])
         gt_all = np.concatenate([np.zeros((0, 4), np.int64)] + list(gt))
         iou_k = np.zeros((bsz, 256))
         amb = np.empty((bsz * 256, 2), np.int64)
-        stats = np.empty((bsz, 3))
-        q = np.empty((bsz, hh, ww), np.uint8)
+        stats = np.empty((bsz, 4))
+        q = ws.batch[:bsz]
         namb = _sweep.box_ious(
             maps,
             maps.view(np.int64 if maps.dtype == np.float64 else np.int32),
@@ -92,8 +92,8 @@ class LevelIoU:
         for i, cut in amb[:namb]:
             iou_k[i, cut] = _best_iou(_reference_largest_box(q[i], int(cut)), gt[i])
         self.fallback_cuts += int(namb)
-        qmax = q.reshape(bsz, -1).max(axis=1)
-        return np.take_along_axis(iou_k, self.cut_table[qmax], axis=1), stats
+        qmax = stats[:, 3].astype(np.int64)
+        return np.take_along_axis(iou_k, self.cut_table[qmax], axis=1), stats[:, :3]
 
 
 def _best_iou(box: np.ndarray, gt: np.ndarray) -> float:

@@ -61,8 +61,9 @@ class Workspace:
     groups, else four) for the cell areas, the quantised map and the background
     and filled images."""
 
-    def __init__(self, h: int, w: int):
+    def __init__(self, h: int, w: int, batch: int = 1):
         n = h * w
+        self.batch = np.empty((batch, h, w), np.uint8)  # quantised maps of a batch
 
         def segments():
             return (
@@ -904,9 +905,10 @@ def box_ious(
       amb: ``[B * 256, 2]`` out: (map, cut) where two contours tie for the
         largest area (left at -1 in ``iou_k``: OpenCV's order decides); the
         count is returned.
-      stats: ``[B, 3]`` out: each map's minimum, maximum and whether it is all
-        finite. Maps with a non-finite value and constant maps are evaluated as
-        zeros (as the protocol's normalisation makes them).
+      stats: ``[B, 4]`` out: each map's minimum, maximum, whether it is all
+        finite, and the maximum of its quantised values. Maps with a non-finite
+        value and constant maps are evaluated as zeros (as the protocol's
+        normalisation makes them).
       q: ``[B, H, W]`` uint8 out: the quantised maps (zeros for those).
       fg, bg, labels, r, filled: scratch (``Workspace``).
     """
@@ -933,6 +935,7 @@ def box_ious(
         if finite and mn != mx:
             for j in range(nf):
                 qmax = max(qmax, np.int64(fg[2][j]))
+        stats[i, 3] = qmax
         g0, g1 = gt_first[i], gt_first[i + 1]
         if qmax == 0:  # no contour at any cut: the box is (0, 0, 0, 0)
             v[:] = 0
