@@ -634,7 +634,17 @@ def _sweep_levels(nlev, ng, gmax, base, off, ea, eb, ew, gx0, gy0, gx1, gy1, gau
     """
     gbrd = base.copy()
     ne = ea.size
-    gorder = np.argsort(-gmax, kind="mergesort")
+    # groups by decreasing top level, in index order among equals (counting sort)
+    pos = np.zeros(nlev + 2, np.int64)
+    for g in range(ng):
+        pos[nlev - gmax[g] + 1] += 1
+    for i in range(1, nlev + 2):
+        pos[i] += pos[i - 1]
+    gorder = np.empty(ng, np.int64)
+    for g in range(ng):
+        i = nlev - gmax[g]
+        gorder[pos[i]] = g
+        pos[i] += 1
     cap_r = 0
     for g in range(ng):
         cap_r += gmax[g] - base[g]
@@ -728,9 +738,11 @@ def _group_graph(v, h, w, conn, lut, want_border, segs, ns):
     for g in range(ng):
         gmax[g] = lut[gmax[g]]
     base = np.zeros(ng, np.int64)
-    if want_border:
+    if want_border:  # the segments of the first and last rows, the ends of the others
         for y in range(h):
-            for s in range(row_first[y], row_first[y + 1]):
+            a, b = row_first[y], row_first[y + 1]
+            step = 1 if y == 0 or y == h - 1 else max(b - 1 - a, 1)
+            for s in range(a, b, step):
                 g = grp[s]
                 if g < 0:
                     continue
