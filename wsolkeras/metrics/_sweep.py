@@ -83,33 +83,40 @@ class Workspace:
         self.filled = np.empty(n, np.uint8)
 
 
-@numba.njit(**_JIT)
-def _run_start(q, base, x, lo):
-    """First column (not before ``lo``) of the run of values equal to column x's."""
-    v = q[base + _U(x)]
-    while x > lo and q[base + _U(x - 1)] == v:
-        x -= 1
-    return x
+@numba.njit(inline="always", **_JIT)
+def _last_change(rise, fall, lo, hi):
+    """The highest column x in lo..hi where the row changes (q[x] != q[x - 1]: bit
+    x of ``rise | fall``), or -1."""
+    for wj in range(hi >> 6, (lo >> 6) - 1, -1):
+        m = rise[wj] | fall[wj]
+        if wj == hi >> 6:
+            m &= _ONES >> _U(63 - (hi & 63))
+        if wj == lo >> 6:
+            m &= _ONES << _U(lo & 63)
+        if m != _U(0):
+            return (wj << 6) + 63 - np.int64(leading_zeros(m))
+    return -1
 
 
-@numba.njit(**_JIT)
-def _run_end(q, base, x, hi):
-    """Last column (not after ``hi``) of the run of values equal to column x's."""
-    v = q[base + _U(x)]
-    while x < hi and q[base + _U(x + 1)] == v:
-        x += 1
-    return x
+@numba.njit(inline="always", **_JIT)
+def _first_change(rise, fall, lo, hi):
+    """The lowest column x in lo..hi where the row changes, or -1."""
+    for wj in range(lo >> 6, (hi >> 6) + 1):
+        m = rise[wj] | fall[wj]
+        if wj == lo >> 6:
+            m &= _ONES << _U(lo & 63)
+        if wj == hi >> 6:
+            m &= _ONES >> _U(63 - (hi & 63))
+        if m != _U(0):
+            return (wj << 6) + np.int64(trailing_zeros(m))
+    return -1
 
 
-@numba.njit(**_JIT)
-def _first_move(q, base, w):
-    """+1 if the row first rises, -1 if it first falls, 0 if it is flat."""
-    v = q[base]
-    for x in range(1, w):
-        a = q[base + _U(x)]
-        if a != v:
-            return 1 if a > v else -1
-    return 0
+@numba.njit(inline="always", **_JIT)
+def _rises_first(rise, fall, w):
+    """Whether the row's first change is a rise."""
+    x = _first_change(rise, fall, 1, w - 1)
+    return x >= 0 and (rise[x >> 6] >> _U(x & 63)) & _U(1) != _U(0)
 
 
 @numba.njit(**_JIT)
@@ -234,15 +241,16 @@ def scan(s, bits, q, fg, bg, quantize, want_bg):
             else:
                 cut = w
             end = cut - 1
-            if valley >= b_start:
+            if valley >= b_start:  # the floor: the run of equal values up to the valley
                 last = valley
-                first = _run_start(q, base, last, b_start)
-            elif b_start == 0 and _first_move(q, base, w) > 0:
+                first = max(_last_change(rise, fall, b_start + 1, last), b_start)
+            elif b_start == 0 and _rises_first(rise, fall, w):  # its first run is the floor
                 first = 0
-                last = _run_end(q, base, 0, end)
+                x = _first_change(rise, fall, 1, end)
+                last = x - 1 if x >= 0 else end
             else:
                 last = end
-                first = _run_start(q, base, last, b_start)
+                first = max(_last_change(rise, fall, b_start + 1, last), b_start)
             bx0[nb], bx1[nb], bv[nb], bpf[nb], bpl[nb] = (
                 b_start,
                 end,
