@@ -21,7 +21,8 @@ the components of every level come out (``upper_sets``):
   look-up table).
 * Two groups touch at level l exactly when some pair of adjacent pixels across
   them is ``>= l``: the highest such level is the weight of the edge between
-  them (found on the few pixels where the group label changes).
+  them (found where segments of different groups meet: the ends of
+  neighbouring segments of a row, the overlaps of segments of adjacent rows).
 * The components at level l are unions of groups joined by edges of weight
   ``>= l``: a Kruskal sweep from the top level down emits, at every level, the
   box of every component and, on request, twice its bit-quad area (for the
