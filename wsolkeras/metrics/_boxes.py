@@ -54,7 +54,6 @@ class LevelIoU:
         self.need_table = np.zeros((256, 256), bool)
         self.need_table[np.arange(256)[:, None], self.cut_table] = True
         self._workspaces: dict[tuple[int, int], _sweep.Workspace] = {}
-        self.fallback_cuts = 0  # cuts evaluated with OpenCV (ties for the largest contour)
 
     def __call__(self, maps: np.ndarray, gt: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """IoU ``[B, T]`` for C-contiguous float maps ``[B, H, W]`` and per-map gt
@@ -89,16 +88,11 @@ class LevelIoU:
             ws.r,
             ws.filled,
         )
-        for i, cut in amb[:namb]:
-            iou_k[i, cut] = _best_iou(_reference_largest_box(q[i], int(cut)), gt[i])
-        self.fallback_cuts += int(namb)
+        for i, cut in amb[:namb]:  # ties for the largest contour: OpenCV's order
+            x0, y0, x1, y1 = _reference_largest_box(q[i], int(cut)).tolist()
+            iou_k[i, cut] = _sweep.best_iou(x0, y0, x1, y1, gt[i], 0, len(gt[i]))
         qmax = stats[:, 3].astype(np.int64)
         return np.take_along_axis(iou_k, self.cut_table[qmax], axis=1), stats[:, :3]
-
-
-def _best_iou(box: np.ndarray, gt: np.ndarray) -> float:
-    """Best inclusive-pixel IoU of one box with the rows of ``gt`` (0 if none)."""
-    return _sweep.best_iou(int(box[0]), int(box[1]), int(box[2]), int(box[3]), gt, 0, len(gt))
 
 
 def _reference_largest_box(q: np.ndarray, cut: int) -> np.ndarray:

@@ -79,7 +79,6 @@ class Workspace:
         self.fg = segments()
         self.bg = segments()
         self.labels = (np.empty(n, np.uint8), np.empty(n, np.int32))
-        self.q = np.empty(n, np.uint8)
         self.r = np.empty(n, np.uint8)
         self.filled = np.empty(n, np.uint8)
 
