@@ -441,8 +441,9 @@ def test_float32_maps_negative_zero_and_chunks():
     maps[0, 0, 0] = -0.0
     gt = _random_gt(rng, 12, 24, 20)
     for multi in (True, False):
-        ev = BoxEvaluator((30, 50), 0.05, multi, chunk_size=5)  # three chunks
-        ev.update(maps, gt)
+        ev = BoxEvaluator((30, 50), 0.05, multi, chunk_size=5)
+        ev.update(maps[:2], gt[:2])  # then chunks of 5, 5: the scratch has to grow
+        ev.update(maps[2:], gt[2:])
         ref = _Straightforward((30, 50), 0.05, multi)
         ref.update(maps.astype(np.float64), gt)
         curves, miou = ref.result()
