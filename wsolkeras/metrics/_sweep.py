@@ -52,6 +52,13 @@ _ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 # bytes 0 or 1 -> bits: ((word & _LOW_BITS) * _PACK) >> 56 has byte i's bit as bit i
 _LOW_BITS = np.uint64(0x0101010101010101)
 _PACK = np.uint64(0x0102040810204080)
+# Runs of up to _RUN pixels are handled in one fixed-width step under a mask
+# (``_MASK[_RUN - n:]`` starts with n bytes 0xFF, then zeros), not in a loop of n
+# steps: run lengths vary from row to row, and the branches of such loops are
+# mispredicted (2-3 per run cost more than the run). Arrays read or written that
+# way are padded by _RUN bytes (``Workspace``).
+_RUN = 64
+_MASK = np.concatenate([np.full(_RUN, 255, np.uint8), np.zeros(_RUN, np.uint8)])
 
 
 class Workspace:
@@ -64,7 +71,8 @@ class Workspace:
 
     def __init__(self, h: int, w: int, batch: int = 1):
         n = h * w
-        self.batch = np.empty((batch, h, w), np.uint8)  # quantised maps of a batch
+        # quantised maps of a batch (images are padded by _RUN bytes: see _max_run)
+        self.batch = np.zeros(batch * n + _RUN, np.uint8)[: batch * n].reshape(batch, h, w)
 
         def segments():
             return (
@@ -78,9 +86,23 @@ class Workspace:
 
         self.fg = segments()
         self.bg = segments()
-        self.labels = (np.empty(n, np.uint8), np.empty(n, np.int32))
-        self.r = np.empty(n, np.uint8)
-        self.filled = np.empty(n, np.uint8)
+        self.labels = (np.zeros(n + _RUN, np.uint8)[:n], np.empty(n, np.int32))
+        self.r = np.zeros(n + _RUN, np.uint8)[:n]
+        self.filled = np.zeros(n + _RUN, np.uint8)[:n]
+
+
+@numba.njit(inline="always", **_JIT)
+def _max_run(dst, d, src, s, n):
+    """``dst[d:d + n] = max(dst[d:d + n], src[s:s + n])`` (unsigned offsets, n >= 1);
+    a run of up to _RUN bytes in one masked step that rewrites the _RUN - n bytes
+    after it unchanged (both arrays must have _RUN bytes after the run)."""
+    if n <= _U(_RUN):
+        mo = _U(_RUN) - n
+        for j in range(_U(_RUN)):
+            dst[d + j] = max(dst[d + j], src[s + j] & _MASK[mo + j])
+    else:
+        for j in range(n):
+            dst[d + j] = max(dst[d + j], src[s + j])
 
 
 @numba.njit(inline="always", **_JIT)
@@ -438,7 +460,7 @@ def _group_tables(
     lw = np.empty(cap, np.uint8)
     nl = 0
     best = base.copy()
-    colmax = np.zeros(ng * w if want_boxes else 0, np.uint8)
+    colmax = np.zeros(ng * w + _RUN if want_boxes else 0, np.uint8)
     gxa = np.full(ng, w, np.int64)
     gxb = np.full(ng, -1, np.int64)
     for y in range(h):
@@ -462,9 +484,7 @@ def _group_tables(
                 if base[ga] < gmax[ga]:  # a table to fill
                     gxa[ga] = min(gxa[ga], s0)
                     gxb[ga] = max(gxb[ga], s1)
-                    cb = _U(ga) * uw
-                    for x in range(_U(s0), _U(s1) + one):
-                        colmax[cb + x] = max(colmax[cb + x], v[b0 + x])
+                    _max_run(colmax, _U(ga) * uw + _U(s0), v, b0 + _U(s0), _U(s1 - s0 + 1))
             # neighbours across groups: the next segment of the row, then the
             # segments u of the next row within a column of s
             gb = grp[s + 1] if s + 1 < r1 else -1
@@ -725,13 +745,22 @@ def _sweep_levels(nlev, ng, gmax, base, off, ea, eb, ew, gx0, gy0, gx1, gy1, gau
 def _fill_labels(h, w, sx0, sx1, row_first, grp, ng, lab):
     """The group of every pixel (``ng`` where there is none) into ``lab``."""
     uw = _U(w)
+    wide = lab.itemsize > 1
     for y in range(h):
         base_px = _U(y) * uw
         for s in range(row_first[y], row_first[y + 1]):
             g = grp[s]
             gl = lab.dtype.type(g if g >= 0 else ng)
-            for x in range(base_px + _U(sx0[s]), base_px + _U(sx1[s]) + _U(1)):
-                lab[x] = gl
+            x0 = base_px + _U(sx0[s])
+            n = _U(sx1[s] - sx0[s] + 1)
+            if n <= _U(_RUN) and not wide:
+                # a fixed-width store: the bytes past the run belong to the runs
+                # written next (or to the padding)
+                for j in range(_U(_RUN)):
+                    lab[x0 + j] = gl
+            else:
+                for j in range(n):
+                    lab[x0 + j] = gl
 
 
 @numba.njit(**_JIT)
@@ -874,8 +903,15 @@ def fill_holes(q, r, h, w, lut_bg, cuts, bg, nb, out):
             t = opens[g]
             if np.int64(t) + np.int64(sv[s]) <= np.int64(top):  # not above the minimum
                 continue
-            for x in range(base_px + _U(sx0[s]), base_px + _U(sx1[s]) + _U(1)):
-                out[x] = max(out[x], t)
+            x0 = base_px + _U(sx0[s])
+            n = _U(sx1[s] - sx0[s] + 1)
+            if n <= _U(_RUN):
+                mo = _U(_RUN) - n
+                for j in range(_U(_RUN)):
+                    out[x0 + j] = max(out[x0 + j], t & _MASK[mo + j])
+            else:
+                for j in range(n):
+                    out[x0 + j] = max(out[x0 + j], t)
 
 
 @numba.njit(**_JIT)
