@@ -15,8 +15,8 @@ the components of every level come out (``upper_sets``):
   forest (each goes up in the order (maximum, index)); each tree, a "group",
   is connected at every level below its root's maximum, and there is about
   one group per regional maximum.
-* A group's box at every level comes from its segments' maxima per row and its
-  per-column maxima (the first row whose maximum is ``>= l``, and so on). Only
+* A group's box at every level comes from its maxima per row (its segments'
+  tops) and per column (the first row whose maximum is ``>= l``, and so on). Only
   the levels of the cuts asked for are kept (levels are re-coded through a
   look-up table).
 * Two groups touch at level l exactly when some pair of adjacent pixels across
@@ -421,6 +421,31 @@ def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns):
     return grp, ng, gmax
 
 
+@numba.njit(inline="always", **_JIT)
+def _extents(m, mb, a, b, lut, base, peak, first, last, o):
+    """For every level j in base + 1 .. peak, the first and the last index i in
+    a..b with ``lut[m[mb + i]] >= j`` into ``first[o + j]`` and ``last[o + j]``
+    (``m``: a group's row or column maxima; the peak is reached)."""
+    top = base
+    for i in range(_U(a), _U(b) + _U(1)):
+        c = np.int64(lut[m[mb + i]])
+        if c > top:
+            for lev in range(top + 1, c + 1):
+                first[o + lev] = i
+            top = c
+            if top == peak:
+                break
+    top = base
+    for i in range(b, a - 1, -1):
+        c = np.int64(lut[m[mb + _U(i)]])
+        if c > top:
+            for lev in range(top + 1, c + 1):
+                last[o + lev] = i
+            top = c
+            if top == peak:
+                break
+
+
 @numba.njit(**_JIT)
 def _group_tables(
     v, h, w, diag, lut, sx0, sx1, sv, row_first, grp, ng, gmax, base, off, want_boxes
@@ -429,8 +454,9 @@ def _group_tables(
 
     Boxes (with ``want_boxes``): per group and level j > ``base[g]`` (index
     ``off[g] + j - base[g] - 1``), the first and last row and column holding a
-    pixel of level ``lut[value] >= j``: rows from the segments' maxima, columns
-    from the group's per-column maxima.
+    pixel of level ``lut[value] >= j``, from the group's maxima per row (its
+    segments' tops) and per column, each written with a byte store or one
+    masked step per segment (no branch that depends on the values).
 
     Edges: the highest level at which two groups touch, from the segments: the
     left-right neighbours across groups are the ends of consecutive segments of
@@ -459,10 +485,13 @@ def _group_tables(
     lb = np.empty(cap, np.int64)
     lw = np.empty(cap, np.uint8)
     nl = 0
-    best = base.copy()
+    uh = _U(h)
     colmax = np.zeros(ng * w + _RUN if want_boxes else 0, np.uint8)
+    rowmax = np.zeros(ng * h if want_boxes else 0, np.uint8)
     gxa = np.full(ng, w, np.int64)
     gxb = np.full(ng, -1, np.int64)
+    gya = np.full(ng, h, np.int64)
+    gyb = np.full(ng, -1, np.int64)
     for y in range(h):
         b0 = _U(y) * uw
         b1 = b0 + uw
@@ -474,17 +503,14 @@ def _group_tables(
             if ga < 0:
                 continue
             s0, s1 = np.int64(sx0[s]), np.int64(sx1[s])
-            if want_boxes:
-                top = np.int64(lut[sv[s]])
-                if top > best[ga]:
-                    o = off[ga] - base[ga] - 1
-                    for lev in range(best[ga] + 1, top + 1):
-                        gy0[o + lev] = y
-                    best[ga] = top
-                if base[ga] < gmax[ga]:  # a table to fill
-                    gxa[ga] = min(gxa[ga], s0)
-                    gxb[ga] = max(gxb[ga], s1)
-                    _max_run(colmax, _U(ga) * uw + _U(s0), v, b0 + _U(s0), _U(s1 - s0 + 1))
+            if want_boxes and base[ga] < gmax[ga]:  # a table to fill
+                k = _U(ga) * uh + _U(y)
+                rowmax[k] = max(rowmax[k], sv[s])
+                gya[ga] = min(gya[ga], y)
+                gyb[ga] = max(gyb[ga], y)
+                gxa[ga] = min(gxa[ga], s0)
+                gxb[ga] = max(gxb[ga], s1)
+                _max_run(colmax, _U(ga) * uw + _U(s0), v, b0 + _U(s0), _U(s1 - s0 + 1))
             # neighbours across groups: the next segment of the row, then the
             # segments u of the next row within a column of s
             gb = grp[s + 1] if s + 1 < r1 else -1
@@ -523,42 +549,13 @@ def _group_tables(
                         nl += 1
                 u += 1
     if want_boxes:
-        best[:] = base
-        for y in range(h - 1, -1, -1):
-            for s in range(row_first[y], row_first[y + 1]):
-                g = grp[s]
-                top = np.int64(lut[sv[s]])
-                if g >= 0 and top > best[g]:
-                    o = off[g] - base[g] - 1
-                    for lev in range(best[g] + 1, top + 1):
-                        gy1[o + lev] = y
-                    best[g] = top
-        # first (last) column reaching each level, scanning from the left (right)
-        # up to the group's top level
+        # first (last) row and column reaching each level, scanning from the top
+        # (bottom) and left (right) up to the group's top level
         for g in range(ng):
-            cb = _U(g) * uw
             o = off[g] - base[g] - 1
-            peak = gmax[g]
-            top = base[g]
-            if top >= peak:
-                continue
-            for x in range(_U(gxa[g]), _U(gxb[g]) + one):
-                c = np.int64(lut[colmax[cb + x]])
-                if c > top:
-                    for lev in range(top + 1, c + 1):
-                        gx0[o + lev] = x
-                    top = c
-                    if top == peak:
-                        break
-            top = base[g]
-            for x in range(gxb[g], gxa[g] - 1, -1):
-                c = np.int64(lut[colmax[cb + _U(x)]])
-                if c > top:
-                    for lev in range(top + 1, c + 1):
-                        gx1[o + lev] = x
-                    top = c
-                    if top == peak:
-                        break
+            if base[g] < gmax[g]:
+                _extents(rowmax, _U(g) * uh, gya[g], gyb[g], lut, base[g], gmax[g], gy0, gy1, o)
+                _extents(colmax, _U(g) * uw, gxa[g], gxb[g], lut, base[g], gmax[g], gx0, gx1, o)
     if small:
         for a in range(ng):
             for b in range(a + 1, ng):
