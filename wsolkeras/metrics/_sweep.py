@@ -838,31 +838,55 @@ def upper_sets(v, h, w, conn, lut, want_area, want_border, segs, ns, labels):
 def _touch_levels(ng, base, ea, eb, ew, nlev):
     """For each group, the highest level at which its component holds a pixel of
     the image border (0: at no level): a Kruskal sweep from the top level down,
-    each component keeping the highest ``base`` of its groups."""
+    each component keeping the highest ``base`` of its groups and a list of its
+    groups not yet reached, emptied (at the current level) as soon as it holds a
+    border pixel: when a merge brings one, or when the level comes down to it."""
     uf = np.arange(ng, dtype=np.int64)
     mb = base.copy()
     touch = np.zeros(ng, np.int64)
-    pending = np.arange(ng, dtype=np.int64)
-    npend = ng
+    head = np.arange(ng, dtype=np.int64)  # lists of groups not reached, by root
+    tail = np.arange(ng, dtype=np.int64)
+    nxt = np.full(ng, -1, np.int64)
+    # groups by decreasing base (counting sort)
+    pos = np.zeros(nlev + 2, np.int64)
+    for g in range(ng):
+        pos[nlev - base[g] + 1] += 1
+    for i in range(1, nlev + 2):
+        pos[i] += pos[i - 1]
+    order = np.empty(ng, np.int64)
+    for g in range(ng):
+        order[pos[nlev - base[g]]] = g
+        pos[nlev - base[g]] += 1
     ei = 0
+    bi = 0
     for lev in range(nlev, 0, -1):
         while ei < ea.size and ew[ei] >= lev:
             ra, rb = _find(uf, ea[ei]), _find(uf, eb[ei])
             ei += 1
-            if ra != rb:
-                uf[rb] = ra
-                mb[ra] = max(mb[ra], mb[rb])
-        j = 0
-        for i in range(npend):
-            g = pending[i]
-            if mb[_find(uf, g)] >= lev:
+            if ra == rb:
+                continue
+            uf[rb] = ra
+            mb[ra] = max(mb[ra], mb[rb])
+            if head[rb] >= 0:  # ra's list, then rb's
+                if head[ra] < 0:
+                    head[ra] = head[rb]
+                else:
+                    nxt[tail[ra]] = head[rb]
+                tail[ra] = tail[rb]
+            if mb[ra] >= lev:
+                g = head[ra]
+                while g >= 0:
+                    touch[g] = lev
+                    g = nxt[g]
+                head[ra] = -1
+        while bi < ng and base[order[bi]] >= lev:
+            r = _find(uf, order[bi])
+            bi += 1
+            g = head[r]
+            while g >= 0:
                 touch[g] = lev
-            else:
-                pending[j] = g
-                j += 1
-        npend = j
-        if npend == 0:
-            break
+                g = nxt[g]
+            head[r] = -1
     return touch
 
 
