@@ -629,20 +629,21 @@ def _group_areas(v, h, w, lut, lab, off, out):
             o = _U(owner[x]) << _U(8)
             hist[o + _U(s1[x])] += 1
             hist[size + o + _U(s2[x])] += 1
-    # events at a value count at every level up to the value's: suffix sums
+    # events at a value count at every level up to the value's: suffix sums, from
+    # the group's top level (vhi[j]: the highest value of level <= j)
+    vhi = np.zeros(np.int64(lut[255]) + 1, np.int64)
+    for val in range(256):
+        vhi[lut[val]] = val
     for g in range(ng):
         acc = 0
-        j = off[g + 1] - off[g]  # the group's top level
-        for val in range(255, 0, -1):
-            lev = lut[val]
-            while j > lev:
-                out[off[g] + j - 1] = acc
-                j -= 1
-            k = _U(g * 256 + val)
-            acc += hist[k] + hist[size + k]
-        while j > 0:
+        top = off[g + 1] - off[g]  # the group's top level
+        val = vhi[top]
+        for j in range(top, 0, -1):
+            while val > vhi[j - 1]:
+                k = _U(g * 256 + val)
+                acc += hist[k] + hist[size + k]
+                val -= 1
             out[off[g] + j - 1] = acc
-            j -= 1
 
 
 @numba.njit(**_JIT)
