@@ -374,13 +374,12 @@ def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns):
                 if found >= 0:
                     break
             up[s] = found
-    grp = np.full(ns, -2, np.int64)
+    grp = np.empty(ns, np.int64)
+    for s in range(ns):
+        grp[s] = -1 if sv[s] == 0 else -2
     stack = np.empty(ns, np.int64)
     ntree = 0
     root_of = np.empty(ns, np.int64)
-    for s in range(ns):
-        if sv[s] == 0:
-            grp[s] = -1
     for s in range(ns):
         if grp[s] != -2:
             continue
@@ -405,17 +404,20 @@ def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns):
             ra, rb = _find(uf, tr), _find(uf, grp[t])
             if ra != rb:
                 uf[max(ra, rb)] = min(ra, rb)
-    gid = np.full(ntree, -1, np.int64)
+    gid = np.full(ntree, -1, np.int64)  # tree -> group
     ng = 0
-    for tr in range(ntree):
-        if _find(uf, tr) == tr:
+    for tr in range(ntree):  # a tree's root in uf comes first (lower index)
+        r = _find(uf, tr)
+        if r == tr:
             gid[tr] = ng
             ng += 1
+        else:
+            gid[tr] = gid[r]
     gmax = np.zeros(ng, np.int64)
     for s in range(ns):
         g = grp[s]
         if g >= 0:
-            g = gid[_find(uf, g)]
+            g = gid[g]
             grp[s] = g
             gmax[g] = max(gmax[g], np.int64(sv[s]))
     return grp, ng, gmax
