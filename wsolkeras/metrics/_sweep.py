@@ -66,12 +66,12 @@ class Workspace:
     segments of the foreground and background scans (``(first column, last
     column, value, first and last column at the value, first segment of each
     row)``), the group of each pixel (one byte when there are fewer than 256
-    groups, else four) for the cell areas, the quantised map and the background
-    and filled images."""
+    groups, else four) for the cell areas, the quantised maps and the background
+    and filled images. The byte images are followed by _RUN bytes of padding,
+    which the masked steps (``_max_run``) read and write past a run's end."""
 
     def __init__(self, h: int, w: int, batch: int = 1):
         n = h * w
-        # quantised maps of a batch (images are padded by _RUN bytes: see _max_run)
         self.batch = np.zeros(batch * n + _RUN, np.uint8)[: batch * n].reshape(batch, h, w)
 
         def segments():
