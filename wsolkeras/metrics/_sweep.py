@@ -424,25 +424,17 @@ def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns):
 
 
 @numba.njit(inline="always", **_JIT)
-def _extents(m, mb, a, b, lut, base, peak, first, last, o):
-    """For every level j in base + 1 .. peak, the first and the last index i in
-    a..b with ``lut[m[mb + i]] >= j`` into ``first[o + j]`` and ``last[o + j]``
-    (``m``: a group's row or column maxima; the peak is reached)."""
+def _reach(m, mb, i0, step, n, lut, base, peak, out, o):
+    """For every level j in base + 1 .. peak, the first index i of i0, i0 + step,
+    ... (n of them) with ``lut[m[mb + i]] >= j`` into ``out[o + j]`` (``m``: a
+    group's row or column maxima, whose peak is reached)."""
     top = base
-    for i in range(_U(a), _U(b) + _U(1)):
-        c = np.int64(lut[m[mb + i]])
-        if c > top:
-            for lev in range(top + 1, c + 1):
-                first[o + lev] = i
-            top = c
-            if top == peak:
-                break
-    top = base
-    for i in range(b, a - 1, -1):
+    for k in range(n):
+        i = i0 + k * step
         c = np.int64(lut[m[mb + _U(i)]])
         if c > top:
             for lev in range(top + 1, c + 1):
-                last[o + lev] = i
+                out[o + lev] = i
             top = c
             if top == peak:
                 break
@@ -556,8 +548,13 @@ def _group_tables(
         for g in range(ng):
             o = off[g] - base[g] - 1
             if base[g] < gmax[g]:
-                _extents(rowmax, _U(g) * uh, gya[g], gyb[g], lut, base[g], gmax[g], gy0, gy1, o)
-                _extents(colmax, _U(g) * uw, gxa[g], gxb[g], lut, base[g], gmax[g], gx0, gx1, o)
+                b, p = base[g], gmax[g]
+                n = gyb[g] - gya[g] + 1
+                _reach(rowmax, _U(g) * uh, gya[g], 1, n, lut, b, p, gy0, o)
+                _reach(rowmax, _U(g) * uh, gyb[g], -1, n, lut, b, p, gy1, o)
+                n = gxb[g] - gxa[g] + 1
+                _reach(colmax, _U(g) * uw, gxa[g], 1, n, lut, b, p, gx0, o)
+                _reach(colmax, _U(g) * uw, gxb[g], -1, n, lut, b, p, gx1, o)
     if small:
         for a in range(ng):
             for b in range(a + 1, ng):
@@ -649,6 +646,23 @@ def _group_areas(v, h, w, lut, lab, off, out):
 
 
 @numba.njit(**_JIT)
+def _by_decreasing(key, nlev):
+    """The indices of ``key`` (levels 0 .. nlev) by decreasing level, in index
+    order among equals (a counting sort)."""
+    pos = np.zeros(nlev + 2, np.int64)
+    for g in range(key.size):
+        pos[nlev - key[g] + 1] += 1
+    for i in range(1, nlev + 2):
+        pos[i] += pos[i - 1]
+    order = np.empty(key.size, np.int64)
+    for g in range(key.size):
+        i = nlev - key[g]
+        order[pos[i]] = g
+        pos[i] += 1
+    return order
+
+
+@numba.njit(**_JIT)
 def _sweep_levels(nlev, ng, gmax, base, off, ea, eb, ew, gx0, gy0, gx1, gy1, gaux, aux_kind):
     """Kruskal sweep from the top level down over the edges between groups,
     emitting every component at every level 1 .. nlev (see ``upper_sets``).
@@ -662,17 +676,7 @@ def _sweep_levels(nlev, ng, gmax, base, off, ea, eb, ew, gx0, gy0, gx1, gy1, gau
     """
     gbrd = base.copy()
     ne = ea.size
-    # groups by decreasing top level, in index order among equals (counting sort)
-    pos = np.zeros(nlev + 2, np.int64)
-    for g in range(ng):
-        pos[nlev - gmax[g] + 1] += 1
-    for i in range(1, nlev + 2):
-        pos[i] += pos[i - 1]
-    gorder = np.empty(ng, np.int64)
-    for g in range(ng):
-        i = nlev - gmax[g]
-        gorder[pos[i]] = g
-        pos[i] += 1
+    gorder = _by_decreasing(gmax, nlev)
     cap_r = 0
     for g in range(ng):
         cap_r += gmax[g] - base[g]
@@ -850,16 +854,7 @@ def _touch_levels(ng, base, ea, eb, ew, nlev):
     head = np.arange(ng, dtype=np.int64)  # lists of groups not reached, by root
     tail = np.arange(ng, dtype=np.int64)
     nxt = np.full(ng, -1, np.int64)
-    # groups by decreasing base (counting sort)
-    pos = np.zeros(nlev + 2, np.int64)
-    for g in range(ng):
-        pos[nlev - base[g] + 1] += 1
-    for i in range(1, nlev + 2):
-        pos[i] += pos[i - 1]
-    order = np.empty(ng, np.int64)
-    for g in range(ng):
-        order[pos[nlev - base[g]]] = g
-        pos[nlev - base[g]] += 1
+    order = _by_decreasing(base, nlev)
     ei = 0
     bi = 0
     for lev in range(nlev, 0, -1):
