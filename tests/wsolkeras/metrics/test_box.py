@@ -434,6 +434,43 @@ def test_fine_grid_and_full_size_maps_match(multi_contour):
         np.testing.assert_allclose(r["box_acc_curve"][t], curves[t], rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("multi_contour", [True, False])
+def test_runs_longer_than_a_masked_step_match(multi_contour):
+    # Rows of one segment wider than 64 px (the sweep's masked steps take runs of
+    # up to 64 px at once and longer ones pixel by pixel): a wide ring whose hole
+    # spans 100 columns, a ramp, a long bar, a wide frame, and mixed maps 150 px
+    # wide.
+    rng = np.random.default_rng(13)
+    yy, xx = np.mgrid[0:30, 0:150]
+    ring = np.exp(-(((np.abs(xx - 75) / 70) ** 4 + (np.abs(yy - 15) / 12) ** 4 - 0.6) ** 2) * 8)
+    ramp = np.broadcast_to(np.linspace(0.0, 1.0, 150), (30, 150))
+    # one falling bar alone in its columns: its pixels set the box's right end
+    # from cut to cut
+    bar = np.zeros((30, 150))
+    bar[5, 10:121] = np.linspace(1.0, 0.2, 111)
+    bar[20:25, 60:70] = 0.5
+    # a frame whose hole rows are 114 px, next to a solid block whose area lies
+    # between the frame's own and the frame's with its hole (which the largest
+    # contour must count)
+    frame = np.zeros((30, 150))
+    frame[2:13, 5:121] = 0.9
+    frame[3:12, 6:120] = 0.1
+    frame[15:29, 70:150] = 0.6  # area 1027 (the frame: 2, with its hole 1150)
+    maps = np.concatenate([np.stack([ring, ramp, bar, frame]), _random_maps(rng, 6, 30, 150)])
+    gt = [np.array([[10, 2, 140, 28]]), np.array([[100, 0, 149, 29]]), np.array([[10, 0, 100, 10]])]
+    gt += [np.array([[5, 2, 120, 12]])]
+    gt += _random_gt(rng, 6, 30, 150)
+    ev = BoxEvaluator((30, 50, 70), 0.01, multi_contour)
+    ref = _Straightforward((30, 50, 70), 0.01, multi_contour)
+    ev.update(maps, gt)
+    ref.update(maps, gt)
+    curves, miou = ref.result()
+    r = ev.result()
+    np.testing.assert_allclose(r["miou_curve"], miou, rtol=0, atol=1e-9)
+    for t in (30, 50, 70):
+        np.testing.assert_allclose(r["box_acc_curve"][t], curves[t], rtol=0, atol=1e-9)
+
+
 def test_float32_maps_negative_zero_and_chunks():
     # float32 maps are the protocol's float64 values (exact conversion); -0.0 is 0.
     rng = np.random.default_rng(5)
