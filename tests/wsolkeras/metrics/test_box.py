@@ -399,23 +399,27 @@ def test_random_maps_match_the_per_threshold_loop(multi_contour):
     assert r["miou"] == pytest.approx(miou.max(), abs=1e-9)
 
 
-@pytest.mark.parametrize("multi_contour", [True, False])
-def test_fine_grid_and_full_size_maps_match(multi_contour):
-    rng = np.random.default_rng(11)
-    # step 0.001: 1000 taus (at most 255 distinct cuts)
-    ev = BoxEvaluator((50,), 0.001, multi_contour)
-    ref = _Straightforward((50,), 0.001, multi_contour)
-    maps = _random_maps(rng, 16, 40, 40)
-    gt = _random_gt(rng, 16, 40, 40)
+def _assert_curves_match(maps, gt, thresholds, interval, multi_contour):
+    """BoxEvaluator's BoxAcc and mIoU curves equal the per-threshold loop's."""
+    ev = BoxEvaluator(thresholds, interval, multi_contour)
+    ref = _Straightforward(thresholds, interval, multi_contour)
     ev.update(maps, gt)
     ref.update(maps, gt)
     curves, miou = ref.result()
     r = ev.result()
     np.testing.assert_allclose(r["miou_curve"], miou, rtol=0, atol=1e-9)
-    np.testing.assert_allclose(r["box_acc_curve"][50], curves[50], rtol=0, atol=1e-9)
+    for t in thresholds:
+        np.testing.assert_allclose(r["box_acc_curve"][t], curves[t], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("multi_contour", [True, False])
+def test_fine_grid_and_full_size_maps_match(multi_contour):
+    rng = np.random.default_rng(11)
+    # step 0.001: 1000 taus (at most 255 distinct cuts)
+    maps = _random_maps(rng, 16, 40, 40)
+    gt = _random_gt(rng, 16, 40, 40)
+    _assert_curves_match(maps, gt, (50,), 0.001, multi_contour)
     # CAM-like maps at the protocol's 224 x 224
-    ev = BoxEvaluator((30, 50, 70), 0.01, multi_contour)
-    ref = _Straightforward((30, 50, 70), 0.01, multi_contour)
     cams = rng.normal(size=(4, 14, 14))
     maps = np.stack([cv2.resize(c, (224, 224), interpolation=cv2.INTER_CUBIC) for c in cams])
     maps = (maps - maps.min(axis=(1, 2), keepdims=True)) / np.ptp(maps, axis=(1, 2), keepdims=True)
@@ -425,13 +429,7 @@ def test_fine_grid_and_full_size_maps_match(multi_contour):
         np.array([[100, 100, 120, 130], [10, 20, 60, 70]]),
         np.array([[60, 60, 160, 160]]),
     ]
-    ev.update(maps, gt)
-    ref.update(maps, gt)
-    curves, miou = ref.result()
-    r = ev.result()
-    np.testing.assert_allclose(r["miou_curve"], miou, rtol=0, atol=1e-9)
-    for t in (30, 50, 70):
-        np.testing.assert_allclose(r["box_acc_curve"][t], curves[t], rtol=0, atol=1e-9)
+    _assert_curves_match(maps, gt, (30, 50, 70), 0.01, multi_contour)
 
 
 @pytest.mark.parametrize("multi_contour", [True, False])
@@ -460,15 +458,7 @@ def test_runs_longer_than_a_masked_step_match(multi_contour):
     gt = [np.array([[10, 2, 140, 28]]), np.array([[100, 0, 149, 29]]), np.array([[10, 0, 100, 10]])]
     gt += [np.array([[5, 2, 120, 12]])]
     gt += _random_gt(rng, 6, 30, 150)
-    ev = BoxEvaluator((30, 50, 70), 0.01, multi_contour)
-    ref = _Straightforward((30, 50, 70), 0.01, multi_contour)
-    ev.update(maps, gt)
-    ref.update(maps, gt)
-    curves, miou = ref.result()
-    r = ev.result()
-    np.testing.assert_allclose(r["miou_curve"], miou, rtol=0, atol=1e-9)
-    for t in (30, 50, 70):
-        np.testing.assert_allclose(r["box_acc_curve"][t], curves[t], rtol=0, atol=1e-9)
+    _assert_curves_match(maps, gt, (30, 50, 70), 0.01, multi_contour)
 
 
 def test_float32_maps_negative_zero_and_chunks():
