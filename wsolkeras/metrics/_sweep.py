@@ -1037,6 +1037,11 @@ def box_ious(
         for j in range(nb):
             a = bval[j]  # the segment's minimum of q: its maximum of r
             bval[j] = top - a if a < top else 0
+        ncut = 0  # the cuts asked for, in increasing order
+        for k in range(kmax + 1):
+            if need_k[k]:
+                cuts[ncut] = k
+                ncut += 1
         if multi_contour:
             f_x0, f_y0, f_x1, f_y1, _, f_start = upper_sets(
                 v, h, w, 8, lut_fg, False, False, fg, nf, labels
@@ -1044,9 +1049,7 @@ def box_ious(
             b_x0, b_y0, b_x1, b_y1, _, b_start = upper_sets(
                 r, h, w, 4, lut_bg, False, True, bg, nb, labels
             )
-            for k in range(kmax + 1):
-                if not need_k[k]:
-                    continue
+            for k in cuts[:ncut]:
                 lf = np.int64(lut_fg[k + 1])
                 lb = np.int64(lut_bg[kmax + 1 - k])
                 best = 0.0
@@ -1064,19 +1067,12 @@ def box_ious(
         # parent's, which OpenCV lists first), whose contourArea is the bit-quad
         # area of its component with the holes filled: the components of the
         # filled image, at each cut, and their areas.
-        ncut = 0
-        for k in range(kmax + 1):
-            if need_k[k]:
-                cuts[ncut] = k
-                ncut += 1
         fill_holes(v, r, h, w, lut_bg, cuts[:ncut], bg, nb, filled)
         nf = scan(maps[i], bits[i], filled, fg, bg, False, False)[0]
         f_x0, f_y0, f_x1, f_y1, f_aux, f_start = upper_sets(
             filled, h, w, 8, lut_fg, True, False, fg, nf, labels
         )
-        for k in range(kmax + 1):
-            if not need_k[k]:
-                continue
+        for k in cuts[:ncut]:
             lf = np.int64(lut_fg[k + 1])
             fa, fb = f_start[lf + 1], f_start[lf]
             jb = fa
