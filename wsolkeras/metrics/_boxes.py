@@ -27,9 +27,11 @@ How, without one OpenCV call per tau:
   background that reaches the image border; raising each pixel to the first
   cut at which its background component reaches the border (``fill_holes``)
   gives one image whose components at every cut are those, so one more sweep
-  over it, with areas, gives the largest contour's box at every cut. Only
-  exact ties of the largest area go to OpenCV on the whole map, whose contour
-  order decides.
+  over it, with areas, gives the largest contour's box at every cut. On exact
+  ties of the largest area ``max`` keeps the contour OpenCV lists first, which
+  among outer contours is the one its raster scan finds last: the component
+  whose first pixel (in its top row) comes last. Ties whose components start on
+  the same row go to OpenCV on the whole map.
 """
 
 from __future__ import annotations

@@ -979,8 +979,8 @@ def box_ious(
       iou_k: ``[B, 256]`` out: ``iou_k[i, k]`` best IoU of map i at cut k (for
         the cuts asked for).
       amb: ``[B * 256, 2]`` out: (map, cut) where two contours tie for the
-        largest area (left at -1 in ``iou_k``: OpenCV's order decides); the
-        count is returned.
+        largest area and their components start on the same row (left at -1 in
+        ``iou_k``: OpenCV's order decides); the count is returned.
       stats: ``[B, 4]`` out: each map's minimum, maximum, whether it is all
         finite, and the maximum of its quantised values. Maps with a non-finite
         value and constant maps are evaluated as zeros (as the protocol's
@@ -1077,15 +1077,18 @@ def box_ious(
         for k in cuts[:ncut]:
             lf = np.int64(lut_fg[k + 1])
             fa, fb = f_start[lf + 1], f_start[lf]
+            # the largest; on equal areas, the one OpenCV lists first: the one its
+            # raster scan finds last, i.e. whose first pixel (in its top row) comes
+            # last; top rows tie too: OpenCV decides
             jb = fa
             tie = False
             for j in range(fa + 1, fb):
-                if f_aux[j] > f_aux[jb]:
+                if f_aux[j] > f_aux[jb] or (f_aux[j] == f_aux[jb] and f_y0[j] > f_y0[jb]):
                     jb = j
                     tie = False
-                elif f_aux[j] == f_aux[jb]:
+                elif f_aux[j] == f_aux[jb] and f_y0[j] == f_y0[jb]:
                     tie = True
-            if tie:  # OpenCV's contour order decides
+            if tie:
                 iou_k[i, k] = -1.0
                 amb[namb, 0] = i
                 amb[namb, 1] = k

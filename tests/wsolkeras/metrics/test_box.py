@@ -183,6 +183,59 @@ def test_ties_go_to_the_first_contour_in_opencv_order():
     assert _ious_at_all_taus(s, [(5, 1, 7, 3)], False)[0] == 1.0
 
 
+def _tie_maps(rng, n, height, width):
+    """Maps made of copies of one shape (solid, ring, cross, diagonal) at a few
+    heights, so that the largest area ties at many cuts, in different rows and in
+    the same row; some with isolated pixels."""
+    shapes = [
+        np.ones((2, 3)),
+        np.pad(np.zeros((2, 2)), 1, constant_values=1),
+        np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]]),
+        np.array([[1, 1, 0], [0, 1, 1]]),
+    ]
+    maps = []
+    for i in range(n):
+        shape = shapes[i % len(shapes)]
+        m = np.zeros((height, width))
+        for _ in range(rng.integers(2, 7)):
+            y = rng.integers(0, height - shape.shape[0] + 1)
+            x = rng.integers(0, width - shape.shape[1] + 1)
+            if rng.random() < 0.3 and maps:  # on the row of an earlier copy
+                y = int(np.flatnonzero(m.any(axis=1))[0]) if m.any() else y
+            patch = m[y : y + shape.shape[0], x : x + shape.shape[1]]
+            np.maximum(patch, shape * rng.choice([0.4, 0.7, 1.0]), out=patch)
+        if i % 3 == 0:
+            m = np.maximum(m, (rng.random((height, width)) < 0.02) * rng.uniform(0.1, 1.0))
+        maps.append(m)
+    return np.stack(maps)
+
+
+def test_ties_of_the_largest_area_match_opencv():
+    # At equal largest areas the sweep keeps the component whose top row is lowest
+    # (OpenCV's scan finds it last and lists it first); equal top rows go to OpenCV.
+    rng = np.random.default_rng(17)
+    maps = _tie_maps(rng, 96, 24, 28)
+    rows_differ = rows_equal = 0  # ties of each kind, counted with OpenCV
+    for m in maps:
+        q = (m * 255).astype(np.uint8)
+        for k in sorted({int(t * q.max()) for t in np.arange(0, 1, 0.01)}):
+            binary = (q > k).astype(np.uint8)
+            contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+            areas = [cv2.contourArea(c) for c in contours]
+            tops = [cv2.boundingRect(c)[1] for c, a in zip(contours, areas) if a == max(areas)]
+            if len(tops) > 1:
+                lowest = max(tops)
+                rows_differ += tops.count(lowest) == 1
+                rows_equal += tops.count(lowest) > 1
+    assert rows_differ > 50 and rows_equal > 10
+    _assert_curves_match(maps, _random_gt(rng, 96, 24, 28), (30, 50, 70), 0.01, False)
+    # the boxes themselves, not only the curves: each map's own box as ground truth
+    for m in maps[:24]:
+        q = (m * 255).astype(np.uint8)
+        box = _protocol_boxes(q, 0.5, False)[0]
+        assert _ious_at_all_taus(m, [box], False)[50] == 1.0
+
+
 def test_box_is_one_pixel_larger_and_clipped():
     s = np.zeros((8, 8))
     s[4, 3] = 1.0  # boundingRect (3, 4, 1, 1) -> (3, 4, 4, 5)
