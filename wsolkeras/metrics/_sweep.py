@@ -612,6 +612,9 @@ def _group_areas(v, h, w, lut, lab, off, out):
     s1 = np.empty(w, np.uint8)
     s2 = np.empty(w, np.uint8)
     owner = np.empty(w, lab.dtype)
+    owner[w - 1] = ng  # a cell past the row's end, counted in the unused slot ng
+    s1[w - 1] = 0
+    s2[w - 1] = 0
     for y in range(h - 1):
         p0 = _U(y) * uw
         p1 = p0 + uw
@@ -624,10 +627,14 @@ def _group_areas(v, h, w, lut, lab, off, out):
             s1[x] = min(lo1, lo2)
             la, lb = lab[p0 + x], lab[p0 + x + one]  # both loaded: a select, no branch
             owner[x] = la if a >= b else lb
-        for x in range(uw - one):
-            o = _U(owner[x]) << _U(8)
-            hist[o + _U(s1[x])] += 1
-            hist[size + o + _U(s2[x])] += 1
+        # the two halves of the row in turn: neighbouring cells often count in the
+        # same entry, and each increment of an entry waits for the one before
+        half = uw >> one
+        for i in range(half):
+            for x in (i, i + half):
+                o = _U(owner[x]) << _U(8)
+                hist[o + _U(s1[x])] += 1
+                hist[size + o + _U(s2[x])] += 1
     # events at a value count at every level up to the value's: suffix sums, from
     # the group's top level (vhi[j]: the highest value of level <= j)
     vhi = np.zeros(np.int64(lut[255]) + 1, np.int64)
