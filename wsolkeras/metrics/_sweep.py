@@ -59,6 +59,8 @@ _PACK = np.uint64(0x0102040810204080)
 # way are padded by _RUN bytes (``Workspace``).
 _RUN = 64
 _MASK = np.concatenate([np.full(_RUN, 255, np.uint8), np.zeros(_RUN, np.uint8)])
+# Level tables are written _LEV levels at a time (``_reach``).
+_LEV = 16
 
 
 class Workspace:
@@ -427,14 +429,24 @@ def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns):
 def _reach(m, mb, i0, step, n, lut, base, peak, out, o):
     """For every level j in base + 1 .. peak, the first index i of i0, i0 + step,
     ... (n of them) with ``lut[m[mb + i]] >= j`` into ``out[o + j]`` (``m``: a
-    group's row or column maxima, whose peak is reached)."""
+    group's row or column maxima, whose peak is reached).
+
+    A rise of up to _LEV levels is written in one fixed-width store: the levels
+    past the new top are written again by the next rise, or lie past the
+    group's part of ``out`` (the next group's, written later, or _LEV entries of
+    padding)."""
     top = base
     for k in range(n):
         i = i0 + k * step
         c = np.int64(lut[m[mb + _U(i)]])
         if c > top:
-            for lev in range(top + 1, c + 1):
-                out[o + lev] = i
+            if c - top <= _LEV:
+                b = _U(o + top + 1)
+                for j in range(_U(_LEV)):
+                    out[b + j] = i
+            else:
+                for lev in range(top + 1, c + 1):
+                    out[o + lev] = i
             top = c
             if top == peak:
                 break
@@ -463,7 +475,7 @@ def _group_tables(
     Returns ``(gy0, gy1, gx0, gx1, ea, eb, ew)``, the edges ``(g1, g2, level)``
     sorted by decreasing level.
     """
-    tot = off[ng] if want_boxes else 0
+    tot = off[ng] + _LEV if want_boxes else 0  # padded for _reach
     gy0 = np.empty(tot, np.int32)
     gy1 = np.empty(tot, np.int32)
     gx0 = np.empty(tot, np.int32)
