@@ -321,8 +321,9 @@ def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns):
     number of groups and their maxima.
 
     The uphill segment of s is looked for next to its top plateau in the rows
-    above and below: a link s -> t needs a pixel >= m (s's maximum) of t touching
-    a pixel of s at m, and (max(t), t) > (m, s) so that links never cycle. A tree
+    above and below (first right above and below its first top pixel): a link
+    s -> t needs a pixel >= m (s's maximum) of t touching a pixel of s at m, and
+    (max(t), t) > (m, s) so that links never cycle. A tree
     whose root touches another tree's pixel at the root's maximum (a plateau cut
     into several segments) is then merged into it: the union is still connected
     at every level below its maximum.
@@ -332,17 +333,41 @@ def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns):
     uw = _U(w)
     ud = _U(d)
     for y in range(h):
-        # segments of the rows above and below, followed along with s
-        ta = row_first[y - 1] if y > 0 else 0
-        tb = row_first[y + 1] if y + 1 < h else 0
+        # segments of the rows above and below, followed along with s: ta, tb
+        # for the search, qa, qb those holding the column of s's first top pixel
+        above, below = y > 0, y + 1 < h
+        ta = qa = row_first[y - 1] if above else 0
+        tb = qb = row_first[y + 1] if below else 0
+        pa = _U(y - 1) * uw if above else _U(0)
+        pb = _U(y + 1) * uw if below else _U(0)
         for s in range(row_first[y], row_first[y + 1]):
             m = sv[s]
             if m == 0:
                 continue
+            # First the pixels right above and below s's first top pixel (enough
+            # for nine segments in ten of a smooth map; the search's branches on
+            # the values are mispredicted several times per segment): the one
+            # above links if its segment is higher (it comes before s), the one
+            # below if it is as high (it comes after).
+            x = spf[s]
+            oka = okb = False
+            if above:
+                qa += np.int64(sx1[qa] < x)
+                while sx1[qa] < x:
+                    qa += 1
+                oka = (v[pa + _U(x)] >= m) & (sv[qa] > m)
+            if below:
+                qb += np.int64(sx1[qb] < x)
+                while sx1[qb] < x:
+                    qb += 1
+                okb = v[pb + _U(x)] >= m
+            found = qa if oka else (qb if okb else -1)
+            if found >= 0:
+                up[s] = found
+                continue
             pf, pl = _U(spf[s]), _U(spl[s])
             lo = pf - ud if pf >= ud else _U(0)
             hi = min(pl + ud, uw - _U(1))
-            found = -1
             for k in range(2):
                 yy = y - 1 + 2 * k
                 if yy < 0 or yy >= h:
