@@ -456,25 +456,23 @@ def _reach(m, mb, i0, step, n, lut, base, peak, out, o):
     ... (n of them) with ``lut[m[mb + i]] >= j`` into ``out[o + j]`` (``m``: a
     group's row or column maxima, whose peak is reached).
 
-    A rise of up to _LEV levels is written in one fixed-width store: the levels
-    past the new top are written again by the next rise, or lie past the
-    group's part of ``out`` (the next group's, written later, or _LEV entries of
-    padding)."""
+    The _LEV levels above the running top are written at every index, in one
+    fixed-width store and with no branch on the values: they are rewritten at
+    the index where the top rises past them, or lie past the group's part of
+    ``out`` (the next group's, written later, or _LEV entries of padding)."""
     top = base
     for k in range(n):
         i = i0 + k * step
         c = np.int64(lut[m[mb + _U(i)]])
-        if c > top:
-            if c - top <= _LEV:
-                b = _U(o + top + 1)
-                for j in range(_U(_LEV)):
-                    out[b + j] = i
-            else:
-                for lev in range(top + 1, c + 1):
-                    out[o + lev] = i
-            top = c
-            if top == peak:
-                break
+        b = _U(o + top + 1)
+        for j in range(_U(_LEV)):
+            out[b + j] = i
+        if c - top > _LEV:
+            for lev in range(top + _LEV + 1, c + 1):
+                out[o + lev] = i
+        top = max(top, c)
+        if top == peak:
+            break
 
 
 @numba.njit(**_JIT)
