@@ -401,28 +401,32 @@ def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns):
                 if found >= 0:
                     break
             up[s] = found
-    grp = np.empty(ns, np.int64)
+    # the trees, labelled from the top down: segments by decreasing (maximum,
+    # index), so that each one's uphill segment is labelled before it (a
+    # counting sort; walking up the links from each segment instead branches on
+    # their lengths)
+    start = np.zeros(257, np.int64)  # start[b]: the first of maximum 255 - b
     for s in range(ns):
-        grp[s] = -1 if sv[s] == 0 else -2
-    stack = np.empty(ns, np.int64)
-    ntree = 0
+        start[256 - np.int64(sv[s])] += 1
+    for b in range(1, 257):
+        start[b] += start[b - 1]
+    nz = start[255]  # segments with a maximum above 0
+    order = np.empty(ns, np.int64)
+    for s in range(ns - 1, -1, -1):
+        b = 255 - np.int64(sv[s])
+        order[start[b]] = s
+        start[b] += 1
+    grp = np.full(ns, -1, np.int64)
     root_of = np.empty(ns, np.int64)
-    for s in range(ns):
-        if grp[s] != -2:
-            continue
-        top = 0
-        r = s
-        while grp[r] == -2 and up[r] >= 0:
-            stack[top] = r
-            top += 1
-            r = up[r]
-        if grp[r] == -2:
-            grp[r] = ntree
-            root_of[ntree] = r
+    ntree = 0
+    for i in range(nz):
+        s = order[i]
+        if up[s] >= 0:
+            grp[s] = grp[up[s]]
+        else:
+            grp[s] = ntree
+            root_of[ntree] = s
             ntree += 1
-        g = grp[r]
-        for i in range(top):
-            grp[stack[i]] = g
     # trees meeting at a plateau at the top of one of them
     uf = np.arange(ntree, dtype=np.int64)
     for tr in range(ntree):
