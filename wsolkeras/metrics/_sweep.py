@@ -402,25 +402,14 @@ def _groups(v, h, w, d, sx0, sx1, sv, spf, spl, row_first, ns):
                     break
             up[s] = found
     # the trees, labelled from the top down: segments by decreasing (maximum,
-    # index), so that each one's uphill segment is labelled before it (a
-    # counting sort; walking up the links from each segment instead branches on
-    # their lengths)
-    start = np.zeros(257, np.int64)  # start[b]: the first of maximum 255 - b
-    for s in range(ns):
-        start[256 - np.int64(sv[s])] += 1
-    for b in range(1, 257):
-        start[b] += start[b - 1]
-    nz = start[255]  # segments with a maximum above 0
-    order = np.empty(ns, np.int64)
-    for s in range(ns - 1, -1, -1):
-        b = 255 - np.int64(sv[s])
-        order[start[b]] = s
-        start[b] += 1
+    # index), so that each one's uphill segment is labelled before it (walking
+    # up the links from each segment instead branches on their lengths)
     grp = np.full(ns, -1, np.int64)
     root_of = np.empty(ns, np.int64)
     ntree = 0
-    for i in range(nz):
-        s = order[i]
+    for s in _by_decreasing(sv[:ns], 255):
+        if sv[s] == 0:
+            break  # never on
         if up[s] >= 0:
             grp[s] = grp[up[s]]
         else:
@@ -693,16 +682,16 @@ def _group_areas(v, h, w, lut, lab, off, out):
 
 @numba.njit(**_JIT)
 def _by_decreasing(key, nlev):
-    """The indices of ``key`` (levels 0 .. nlev) by decreasing level, in index
-    order among equals (a counting sort)."""
+    """The indices of ``key`` (levels 0 .. nlev) by decreasing (level, index) (a
+    counting sort)."""
     pos = np.zeros(nlev + 2, np.int64)
     for g in range(key.size):
-        pos[nlev - key[g] + 1] += 1
+        pos[nlev - np.int64(key[g]) + 1] += 1
     for i in range(1, nlev + 2):
         pos[i] += pos[i - 1]
     order = np.empty(key.size, np.int64)
-    for g in range(key.size):
-        i = nlev - key[g]
+    for g in range(key.size - 1, -1, -1):
+        i = nlev - np.int64(key[g])
         order[pos[i]] = g
         pos[i] += 1
     return order
