@@ -200,8 +200,8 @@ def _tie_maps(rng, n, height, width):
         for _ in range(rng.integers(2, 7)):
             y = rng.integers(0, height - shape.shape[0] + 1)
             x = rng.integers(0, width - shape.shape[1] + 1)
-            if rng.random() < 0.3 and maps:  # on the row of an earlier copy
-                y = int(np.flatnonzero(m.any(axis=1))[0]) if m.any() else y
+            if rng.random() < 0.3 and m.any():  # on the top row of an earlier copy
+                y = int(np.flatnonzero(m.any(axis=1))[0])
             patch = m[y : y + shape.shape[0], x : x + shape.shape[1]]
             np.maximum(patch, shape * rng.choice([0.4, 0.7, 1.0]), out=patch)
         if i % 3 == 0:
